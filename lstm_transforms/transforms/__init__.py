@@ -1,0 +1,129 @@
+"""Graph rewrites that run before tfmot annotation, so that stock tfmot can quantize the model.
+
+`rewrite(model)` returns a new float model computing the same outputs with the same weights:
+
+- a `Lambda` / `TFOpLambda` / `SlicingOpLambda` that only moves elements (squeeze, expand_dims,
+  reshape, transpose, identity, one-index slice) becomes `Reshape`, `Permute` or `IndexSlice`;
+- a nested functional model is flattened into the outer graph.
+
+**Non-shape `Lambda` layers (decision).** A `Lambda` (or `TFOpLambda`) that computes with its
+values (``x * 2``, ``tf.nn.relu``) is kept, cloned from its live function object (nothing is ever
+deserialized from bytecode, and safe mode is never turned off), and left in float: `rewrite`
+emits a `FloatLambdaWarning` naming it and saying why. tfmot already skips `Lambda` layers at
+annotation, so the rest of the model still quantizes; wrap `quantize_annotate_model` /
+`quantize_apply` in `clone_scope(model)` so tfmot's internal clones can copy that `Lambda`. To
+quantize such a computation, make it a custom layer and give it a QuantizeConfig
+(`quantize_annotate_layer`). We warn rather than raise because a float island costs accuracy
+fidelity only locally, while an error would block every model with, e.g., a custom normalization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+from lstm_transforms._keras import check_model, keras
+from lstm_transforms.transforms import graph
+from lstm_transforms.transforms.pattern import Rule, apply_rules, find_matches
+from lstm_transforms.transforms.rules import nested_model, shape_lambda, tf_op_lambda
+from lstm_transforms.transforms.rules._shape_rule import node_analysis
+
+__all__ = ["rewrite", "clone_scope", "RULES", "Rule", "FloatLambdaWarning", "needs_rewrite", "find_matches",
+           "apply_rules"]
+
+#: The rules `rewrite` applies, in order (data: add or reorder freely).
+RULES = (nested_model.RULE, shape_lambda.RULE, tf_op_lambda.RULE)
+
+_REWRITABLE = (keras.layers.Lambda, keras.Model)
+
+
+class FloatLambdaWarning(UserWarning):
+    """A Lambda/TFOpLambda layer is not a pure shape op: it is kept and not quantized."""
+
+
+def _op_lambda_class():
+    from tf_keras.src.layers.core.tf_op_layer import TFOpLambda
+
+    return TFOpLambda
+
+
+def needs_rewrite(model) -> bool:
+    """Whether `model` has a layer some rule could touch (a quick scan of its top-level layers)."""
+    kinds = _REWRITABLE + (_op_lambda_class(),)
+    return any(isinstance(layer, kinds) for layer in model.layers)
+
+
+def _clone(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def rewrite(model, rules=RULES) -> keras.Model:
+    """The rewritten float model (a new functional model; `model` is left untouched).
+
+    A model with nothing to rewrite comes back as a plain clone with the same weights.
+    """
+    check_model(model)
+    if not needs_rewrite(model):
+        return _clone(model)
+    g = graph.from_model(model)
+    apply_rules(g, rules)
+    leftovers = [(n, d) for n, d in g.nodes(data=True)
+                 if "new_layer" not in d and d["class_name"] in ("Lambda", "TFOpLambda", "SlicingOpLambda")]
+    for n, d in leftovers:
+        warnings.warn(
+            f"{d['class_name']} layer '{d['name']}' is not a pure shape operation "
+            f"({node_analysis(g, n).reason}); it is kept in float and will not be quantized. To quantize it, "
+            "replace it by a custom layer and give that a QuantizeConfig (quantize_annotate_layer).",
+            FloatLambdaWarning, stacklevel=2)
+    return graph.to_model(g)
+
+
+def _lambdas(model):
+    found = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Lambda):
+            found[layer.name] = layer
+        elif isinstance(layer, keras.Model):
+            found.update(_lambdas(layer))
+    return found
+
+
+@contextlib.contextmanager
+def clone_scope(model):
+    """Let `keras.models.clone_model` / `Model.from_config` copy the `Lambda` layers of `model`.
+
+    While active, `Lambda.from_config` recognizes a config whose name and serialized function are
+    those of a `Lambda` in `model`, and builds the copy from that layer's live function object.
+    Every other Lambda config goes through the stock path (so safe mode still refuses unknown
+    Python lambdas). A no-op when `model` has no `Lambda`. The patch is process-wide while the
+    scope is open: do not clone unrelated models from other threads meanwhile.
+    """
+    known = {name: (layer, layer.get_config()["function"]) for name, layer in _lambdas(model).items()}
+    if not known:
+        yield
+        return
+    lambda_cls = keras.layers.Lambda
+    original = lambda_cls.__dict__["from_config"]
+
+    def from_config(cls, config, custom_objects=None):
+        entry = known.get(config.get("name"))
+        if entry is not None and config.get("function") == entry[1]:
+            layer = entry[0]
+            kwargs = {k: v for k, v in config.items() if k not in _LAMBDA_FUNCTION_KEYS}
+            return cls(layer.function, output_shape=layer._output_shape, mask=layer.mask,  # noqa: SLF001
+                       arguments=layer.arguments, **kwargs)
+        return original.__func__(cls, config, custom_objects)
+
+    lambda_cls.from_config = classmethod(from_config)
+    try:
+        yield
+    finally:
+        lambda_cls.from_config = original
+
+
+_LAMBDA_FUNCTION_KEYS = frozenset({
+    "function", "module", "function_type", "output_shape", "output_shape_module", "output_shape_type",
+    "mask", "mask_module", "mask_type", "arguments",
+})

@@ -1,0 +1,110 @@
+"""QuantizeConfigs for non-recurrent layers that stock tfmot rejects, and the layers we add.
+
+`extra_quantize_config(layer)` is meant to be asked *before* tfmot's
+`Default8BitQuantizeRegistry` (through a registry's ``supports(layer)`` /
+``get_quantize_config(layer)``, the contract `quantize_apply` really uses):
+
+- `BatchNormalization` that tfmot did not fold into a convolution (after a Conv2D with its own
+  activation, after a Conv1D, after a pooling layer, ...): TFLite emits it as an affine op
+  (``MUL`` by gamma/sqrt(var+eps), ``ADD`` of beta-mean*scale) followed by a requantization of its
+  output, so we fake-quantize the output (`BatchNormQuantizeConfig`). The folded constants are
+  quantized by the converter and not simulated. tfmot's own Conv2D->BN(->ReLU) fold is untouched:
+  its layout transform puts a config for the folded BN in the layer quantize map, and
+  `quantize_apply` only asks the registry for layers whose map entry has no config.
+- `Conv1D`: exactly like tfmot's Conv2D (per-channel symmetric weights, activation quantized).
+- `IndexSlice` (made by `lstm_transforms.transforms` from ``x[:, -1, :]``-style slices): passes
+  quantization through, like tfmot's `Reshape`.
+
+`extra_types_dict()` lists every serializable class this package adds here, for
+`tfmot.quantization.keras.quantize_scope` and for loading saved models.
+"""
+
+from __future__ import annotations
+
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as _qc
+from tensorflow_model_optimization.python.core.quantization.keras import quantizers as _quantizers
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry as _registry,
+)
+
+from lstm_transforms._keras import keras
+
+__all__ = ["IndexSlice", "BatchNormQuantizeConfig", "extra_quantize_config", "extra_types_dict"]
+
+
+@keras.utils.register_keras_serializable(package="lstm_transforms")
+class IndexSlice(keras.layers.Layer):
+    """``x[:, index]`` along one non-batch `axis` (``x[:, -1, :]``, ``x[..., 0]``), dropping that axis."""
+
+    def __init__(self, axis, index, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = int(axis)
+        self.index = int(index)
+
+    def _key(self, rank):
+        axis = self.axis % rank
+        if axis == 0:
+            raise ValueError(f"{self.name}: IndexSlice cannot slice the batch axis.")
+        return (slice(None),) * axis + (self.index,)
+
+    def call(self, inputs):
+        return inputs[self._key(inputs.shape.rank)]
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        del shape[self.axis % len(shape)]
+        return tuple(shape)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "index": self.index}
+
+
+class BatchNormQuantizeConfig(_qc.QuantizeConfig):
+    """A standalone BatchNormalization: no weight fake-quant, 8-bit output (TFLite's MUL+ADD)."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [_quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+    def __eq__(self, other):
+        return type(other) is type(self)
+
+
+def _pass_through():
+    # The config tfmot itself gives Reshape/Flatten/Permute: nothing quantized inside the layer.
+    return _registry.Default8BitQuantizeConfig([], [], False)
+
+
+def extra_quantize_config(layer):
+    """A QuantizeConfig for `layer` if this module supports it, else None (ask tfmot's registry)."""
+    kind = type(layer)
+    if kind in (keras.layers.BatchNormalization,):
+        return BatchNormQuantizeConfig()
+    if kind is keras.layers.Conv1D:
+        return _registry.Default8BitConvQuantizeConfig(["kernel"], ["activation"], False)
+    if kind is IndexSlice:
+        return _pass_through()
+    return None
+
+
+def extra_types_dict():
+    """Every serializable class added here, by its serialized name."""
+    return {
+        "IndexSlice": IndexSlice,
+        "lstm_transforms>IndexSlice": IndexSlice,
+        "BatchNormQuantizeConfig": BatchNormQuantizeConfig,
+    }
