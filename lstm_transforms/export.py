@@ -1,0 +1,422 @@
+"""QAT model -> fully-integer TFLite flatbuffer, with the fused LSTM op.
+
+Why not convert the QAT model directly: fake-quant ops on recurrent weights stop the converter from
+fusing an LSTM into `UNIDIRECTIONAL_SEQUENCE_LSTM` (it emits a `WHILE` loop and full-int8 conversion
+then fails), and full-int8 conversion of GRU/SimpleRNN `WHILE` loops crashes the process.
+
+What `export_tflite` does instead:
+
+1. **Bake** (`baked_float_model`): rebuild a plain float tf-keras model with the QAT model's layer
+   graph, in which every weight is replaced by its fake-quantized value exactly as the QAT model
+   computes it at inference (`quantizer(weight, training=False, ...)`). Quantize wrappers become their
+   stock float layers (`FLOAT_CLASS`), `QuantizeLayer`s become identities, GRU and SimpleRNN are
+   rebuilt with `unroll=True` (a fixed time dimension is required).
+2. **Convert** (`convert`): post-training full-int8 quantization of that float model from a
+   batch-1 concrete function (`[1, T, F]` inputs, so LSTMs fuse), run in a separate Python process:
+   a converter crash becomes an `ExportError` naming the layer(s) involved, never a dead caller, and
+   a model is only returned after it loaded and ran once in the TFLite interpreter.
+
+Because the baked weights already lie on the int8 grid with the max-abs symmetric scale the converter
+picks itself (one scale per gate matrix for LSTM, per output channel for Conv, per tensor for Dense:
+per-channel Dense quantization is switched off to match tfmot), the int8 weights in the flatbuffer
+dequantize to the QAT weights (`tflite_utils.weights` / tests check it, gate by gate).
+
+**Which ranges come from where.** Weights and their scales: from QAT (exactly, see above). Biases:
+int32 at scale `input_scale * weight_scale`, derived by the converter. Activation ranges (layer
+inputs/outputs, the LSTM hidden state) come from **calibration** on `representative_dataset`, run
+on the baked model, not from the ranges QAT learned: the converter's full-int8 path offers no way to
+impose them on a fused LSTM. The integer LSTM's internal int16 gate and cell-state scales are fixed
+by the kernel (gates [-1, 1), cell state a power of two from calibration), which is what the QAT
+cells simulate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from lstm_transforms._keras import check_model, keras, tf
+
+__all__ = ["export_tflite", "convert", "baked_float_model", "ExportError"]
+
+_UNROLL_CLASSES = ("GRU", "SimpleRNN")
+_RECURRENT_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN")
+
+
+class ExportError(RuntimeError):
+    """The TFLite converter failed or crashed; the message names the layer(s) and the cause."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Bake: QAT model -> float model with fake-quantized weights
+# ----------------------------------------------------------------------------------------------
+
+
+def _float_class_name(obj_or_cls):
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    fc = getattr(cls, "FLOAT_CLASS", None)
+    if fc is None:
+        return None
+    return fc if isinstance(fc, str) else fc.__name__
+
+
+def _float_class_map(layer):
+    """{class_name: stock class name} for the layer and every nested layer/cell that has FLOAT_CLASS."""
+    out, stack, seen = {}, [layer], set()
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        name = _float_class_name(obj)
+        if name is not None:
+            out[type(obj).__name__] = name
+        for attr in ("layer", "forward_layer", "backward_layer", "cell"):
+            stack.append(getattr(obj, attr, None))
+        stack.extend(getattr(obj, "cells", None) or [])
+    return out
+
+
+def _plain_activation(act):
+    """The float activation behind tfmot's QuantizeAwareActivation (or the activation itself)."""
+    inner = getattr(act, "activation", None)
+    if inner is not None and type(act).__name__ in ("QuantizeAwareActivation", "NoOpActivation"):
+        return inner
+    return act
+
+
+def _clean_config(config, class_map):
+    """Recursively: stock class names for FLOAT_CLASS subclasses, drop `quant_*` keys, plain activations."""
+    if isinstance(config, list):
+        return [_clean_config(c, class_map) for c in config]
+    if not isinstance(config, dict):
+        return config
+    if "class_name" in config and "config" in config:
+        out = dict(config)
+        cname = config["class_name"]
+        if cname in class_map:
+            out["class_name"] = class_map[cname]
+            out.pop("module", None)
+            out.pop("registered_name", None)
+        if cname == "QuantizeAwareActivation":
+            return _clean_config(config["config"]["activation"], class_map)
+        out["config"] = _clean_config(config["config"], class_map)
+        return out
+    return {k: _clean_config(v, class_map) for k, v in config.items() if not str(k).startswith("quant_")}
+
+
+def _qat_weight_values(wrapper):
+    """{variable ref: value as the QAT layer uses it at inference} for one quantize wrapper."""
+    values = {}
+    for var, quantizer, quantizer_vars in getattr(wrapper, "_weight_vars", []):
+        q = wrapper._make_quantizer_fn(quantizer, var, False, quantizer_vars)()
+        values[var.ref()] = np.asarray(q)
+    return values
+
+
+def _all_variables(layer):
+    """Every variable of `layer`, including the ones a quantize wrapper untracked from its inner layer."""
+    found = {}
+    for var in list(layer.weights) + [v for v, _, _ in getattr(layer, "_weight_vars", [])]:
+        found.setdefault(var.ref(), var)
+    return list(found.values())
+
+
+def _relative(name, layer_name):
+    name = name.split(":")[0]
+    if name.startswith(layer_name + "/"):
+        return name[len(layer_name) + 1:]
+    return name.split("/", 1)[-1]
+
+
+def _baked_weights(source, new_layer):
+    """Weights for `new_layer` (float) from `source` (QAT wrapper or plain layer), matched by name."""
+    inner = getattr(source, "layer", source) if _is_quantize_wrapper(source) else source
+    qvalues = _qat_weight_values(source) if _is_quantize_wrapper(source) else {}
+    candidates = {}
+    for var in _all_variables(source):
+        rel = _relative(var.name, inner.name)
+        candidates.setdefault(rel, []).append(var)
+    values = []
+    for target in new_layer.weights:
+        rel = _relative(target.name, new_layer.name)
+        match = [v for v in candidates.get(rel, []) if tuple(v.shape) == tuple(target.shape)]
+        if len(match) != 1:
+            raise ExportError(
+                f"Layer '{inner.name}': cannot find its weight '{rel}' {tuple(target.shape)} in the QAT "
+                f"model (candidates: {sorted(candidates)})."
+            )
+        var = match[0]
+        values.append(qvalues.get(var.ref(), None) if var.ref() in qvalues else var.numpy())
+    return values
+
+
+def _is_quantize_wrapper(layer):
+    return type(layer).__name__ in ("QuantizeWrapperV2", "QuantizeWrapper")
+
+
+def _is_quantize_layer(layer):
+    return type(layer).__name__ == "QuantizeLayer"
+
+
+def _time_dim(layer):
+    shape = layer.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    return shape[1] if shape is not None and len(shape) > 1 else None
+
+
+def _set_unroll(config, layer_name, time_dim):
+    """unroll=True on every GRU/SimpleRNN/RNN(non-LSTM cell) config inside `config` (T must be fixed)."""
+    if isinstance(config, list):
+        return [_set_unroll(c, layer_name, time_dim) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: _set_unroll(v, layer_name, time_dim) for k, v in config.items()}
+    cname = config.get("class_name")
+    needs = cname in _UNROLL_CLASSES or (cname == "RNN" and not _is_lstm_cell_config(config["config"]["cell"]))
+    if needs and not out["config"].get("unroll"):
+        if time_dim is None:
+            raise ExportError(
+                f"Layer '{layer_name}' ({cname}) has a time dimension of None. TFLite has no fused integer "
+                f"{cname} op, so it is exported unrolled, which needs a fixed number of steps: build the "
+                "model with keras.Input(shape=(T, features))."
+            )
+        out["config"] = dict(out["config"], unroll=True)
+    return out
+
+
+def _is_lstm_cell_config(cell_config):
+    return isinstance(cell_config, dict) and cell_config.get("class_name") == "LSTMCell"
+
+
+def _float_layer(layer):
+    """A fresh stock float layer equivalent to `layer` (a QAT wrapper, a QuantizeLayer or a plain layer)."""
+    if _is_quantize_layer(layer):
+        return keras.layers.Activation("linear", name=layer.name)
+    inner = layer.layer if _is_quantize_wrapper(layer) else layer
+    class_map = _float_class_map(inner)
+    config = {"class_name": type(inner).__name__, "config": inner.get_config()}
+    if getattr(inner, "activation", None) is not None and "activation" in config["config"]:
+        config["config"]["activation"] = keras.activations.serialize(_plain_activation(inner.activation))
+    config = _set_unroll(_clean_config(config, class_map), inner.name, _time_dim(layer))
+    try:
+        if config["class_name"] == type(inner).__name__:
+            return type(inner).from_config(config["config"])
+        return keras.layers.deserialize(config)
+    except Exception:
+        if not inner.weights and not _is_quantize_wrapper(layer):
+            return inner  # e.g. a Lambda of a Python lambda: weightless, safe to share
+        raise
+
+
+def baked_float_model(qat_model):
+    """A plain float tf-keras model computing what `qat_model` computes at inference, minus activation fake quant.
+
+    Same layer graph and layer names; every weight is the QAT model's fake-quantized weight; quantize
+    wrappers become their stock float layers, `QuantizeLayer`s identities; GRU/SimpleRNN are unrolled.
+    Works on float models too (then it is a clone with GRU/SimpleRNN unrolled).
+    """
+    check_model(qat_model, "qat_model")
+    pairs = []
+
+    def clone(layer):
+        new = _float_layer(layer)
+        pairs.append((layer, new))
+        return new
+
+    try:
+        model = keras.models.clone_model(qat_model, clone_function=clone)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - name the model-level cause in one line
+        raise ExportError(f"Could not rebuild a float model from '{qat_model.name}': {type(e).__name__}: {e}") from e
+    for source, new in pairs:
+        if new.weights:
+            new.set_weights(_baked_weights(source, new))
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Convert in a child process
+# ----------------------------------------------------------------------------------------------
+
+
+def _input_specs(model):
+    specs = []
+    for t in model.inputs:
+        shape = [1] + list(t.shape[1:])
+        specs.append(tf.TensorSpec(shape, t.dtype, name=t.name.split(":")[0]))
+    return specs
+
+
+def _calibration_arrays(representative_dataset, model, max_samples):
+    """The representative data as one float32 array per model input, samples on axis 0."""
+    n_inputs = len(model.inputs)
+    if callable(representative_dataset):
+        per_input = [[] for _ in range(n_inputs)]
+        for i, sample in enumerate(representative_dataset()):
+            if max_samples is not None and i >= max_samples:
+                break
+            if isinstance(sample, dict):
+                sample = list(sample.values())
+            if not isinstance(sample, (list, tuple)):
+                sample = [sample]
+            if len(sample) != n_inputs:
+                raise ValueError(f"representative_dataset yielded {len(sample)} arrays; the model has {n_inputs} inputs.")
+            for k, a in enumerate(sample):
+                a = np.asarray(a, np.float32)
+                per_input[k].append(a if a.shape[:1] == (1,) else a[None])
+        arrays = [np.concatenate(p, 0) for p in per_input] if per_input[0] else []
+    else:
+        arrays = representative_dataset if isinstance(representative_dataset, (list, tuple)) else [representative_dataset]
+        arrays = [np.asarray(a, np.float32) for a in arrays]
+        if len(arrays) != n_inputs:
+            raise ValueError(f"representative_dataset has {len(arrays)} arrays; the model has {n_inputs} inputs.")
+        if max_samples is not None:
+            arrays = [a[:max_samples] for a in arrays]
+    if not arrays or len(arrays[0]) == 0:
+        raise ValueError("representative_dataset is empty: give at least one calibration sample.")
+    for k, (a, t) in enumerate(zip(arrays, model.inputs)):
+        want = tuple(t.shape[1:])
+        if len(a.shape) != len(want) + 1 or any(w is not None and w != s for w, s in zip(want, a.shape[1:])):
+            raise ValueError(f"representative_dataset input {k} has sample shape {a.shape[1:]}; the model expects {want}.")
+        if len({len(x) for x in arrays}) != 1:
+            raise ValueError("representative_dataset arrays have different numbers of samples.")
+    return arrays
+
+
+def _layer_names_in(text, model):
+    names = sorted({layer.name for layer in model.layers}, key=len, reverse=True)
+    found = []
+    for name in names:
+        if re.search(rf"(^|[/\"'(\s]){re.escape(name)}(/|[\"')\s:]|$)", text) and not any(name in f for f in found):
+            found.append(name)
+    return found
+
+
+def _describe_layers(names, model):
+    out = []
+    for name in names:
+        layer = model.get_layer(name)
+        inner = type(layer).__name__
+        if inner == "Bidirectional":
+            inner = f"Bidirectional({type(layer.forward_layer).__name__})"
+        out.append(f"'{name}' ({inner})")
+    return ", ".join(out)
+
+
+def _risky_layers(model):
+    """Layers that become control flow in TFLite (the usual cause of converter crashes)."""
+    risky = []
+    for layer in model.layers:
+        rnn = layer.forward_layer if type(layer).__name__ == "Bidirectional" else layer
+        if isinstance(rnn, keras.layers.RNN) and not getattr(rnn, "unroll", False):
+            if not isinstance(rnn.cell, keras.layers.LSTMCell):
+                risky.append(layer.name)
+    return risky
+
+
+def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, float_model=None):
+    """Convert a float tf-keras model to a TFLite flatbuffer (`bytes`) in a child process.
+
+    With `representative_dataset`: post-training full-int8 (int8 weights, int32 biases, int8
+    activations, int16 inside the integer LSTM); float input/output unless `int8_io=True`. Without it:
+    a float model. Inputs are fixed to batch 1 (`[1, T, F]`) so LSTM layers fuse into
+    `UNIDIRECTIONAL_SEQUENCE_LSTM`. Raises `ExportError` (naming the layer(s) and the cause) when the
+    converter fails or crashes, or when the result does not load and run in the interpreter.
+    `float_model` is only used to name layers in error messages (defaults to `model`).
+    """
+    check_model(model)
+    arrays = None
+    if representative_dataset is not None:
+        arrays = _calibration_arrays(representative_dataset, model, max_samples)
+    elif int8_io:
+        raise ValueError("int8_io=True needs a representative_dataset (full-int8 conversion).")
+    workdir = tempfile.mkdtemp(prefix="lstm_transforms_export_")
+    try:
+        specs = _input_specs(model)
+        module = tf.Module()
+        module.model = model
+        module.serve = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False),
+                                   input_signature=specs)
+        saved = os.path.join(workdir, "saved_model")
+        tf.saved_model.save(module, saved, signatures=module.serve.get_concrete_function())
+        if arrays is not None:
+            np.savez(os.path.join(workdir, "calibration.npz"), *arrays)
+        with open(os.path.join(workdir, "options.json"), "w") as f:
+            json.dump({"int8": arrays is not None, "int8_io": bool(int8_io)}, f)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "lstm_transforms._convert_worker", workdir],
+                env=env, capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise ExportError(f"TFLite conversion of '{model.name}' did not finish in {timeout} s.") from e
+        out = os.path.join(workdir, "model.tflite")
+        if proc.returncode == 0 and os.path.exists(out):
+            with open(out, "rb") as f:
+                return f.read()
+        raise _conversion_error(proc, workdir, float_model or model)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _conversion_error(proc, workdir, model):
+    err_file = os.path.join(workdir, "error.txt")
+    detail = ""
+    if os.path.exists(err_file):
+        with open(err_file) as f:
+            detail = f.read().strip()
+    text = detail + "\n" + (proc.stderr or "")
+    names = _layer_names_in(text, model)
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        cause = f"the TFLite converter crashed ({sig})"
+        if not names:
+            names = _risky_layers(model)
+    else:
+        last = [ln for ln in detail.splitlines() if ln.strip()]
+        cause = "the TFLite converter failed: " + (last[-1][:400] if last else (proc.stderr or "").strip()[-400:])
+    where = f" at layer(s) {_describe_layers(names, model)}" if names else ""
+    return ExportError(f"Export of '{model.name}' failed{where}: {cause}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The public entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def export_tflite(qat_model, representative_dataset, *, int8_io=False, max_samples=None, timeout=600):
+    """Export a QAT (or float) tf-keras model to a fully-integer TFLite flatbuffer; returns `bytes`.
+
+    `representative_dataset`: a numpy array (samples on axis 0), a list of arrays (one per model
+    input), or a generator function in TFLite's convention (yields a list with one array per input,
+    each of batch 1 or without the batch axis). Used to calibrate activation ranges (see the module
+    docs); `max_samples` caps how many samples are used.
+
+    LSTM -> `UNIDIRECTIONAL_SEQUENCE_LSTM` (Bidirectional: two of them); GRU and SimpleRNN ->
+    unrolled integer ops (the time dimension must be fixed). The int8 weights equal the QAT model's
+    fake-quantized weights. Float input/output by default, int8 with `int8_io=True`.
+    Raises `ExportError` naming the layer and the cause when conversion fails or crashes.
+    """
+    check_model(qat_model, "qat_model")
+    if representative_dataset is None:
+        raise ValueError("export_tflite needs a representative_dataset to calibrate activation ranges.")
+    float_model = baked_float_model(qat_model)
+    return convert(float_model, representative_dataset, int8_io=int8_io, max_samples=max_samples,
+                   timeout=timeout, float_model=float_model)
