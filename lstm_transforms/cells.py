@@ -1,0 +1,236 @@
+"""How a recurrent step is fake-quantized: tf-keras cells with named quantization points.
+
+Each cell here is a subclass of the stock tf-keras cell (same weights, same config keys plus
+``quant_*`` options) whose ``call`` simulates TFLite's integer kernel:
+
+* ``kernel`` / ``recurrent_kernel``: quantized per gate block by the layer's QuantizeConfig
+  (see ``configs.py``) and handed to the cell as tensors before every call.
+* gate activations (``gates``): fixed range [-1, 1), ``quant_gate_bits`` (16 in the integer LSTM).
+* LSTM cell state (``cell_state``): clipped to +-``quant_cell_clip`` (the converter's CellClip), then
+  symmetric ``quant_state_bits`` with a power-of-two scale covering its observed max |c|.
+* hidden state / layer output (``output``): asymmetric ``quant_activation_bits`` over one learned
+  range, the same for the output and for h(t-1) fed back into the next step.
+
+Learned ranges are moving averages of per-batch min/max collected over *every* time step by the
+layer (``recurrent.py``), never updated inside the loop.
+"""
+
+from lstm_transforms._keras import keras, tf
+from lstm_transforms.quantizers import fake_quant_asymmetric, fake_quant_fixed_unit, fake_quant_power_of_two
+
+__all__ = ["QuantizedLSTMCell", "QuantizedGRUCell", "QuantizedSimpleRNNCell", "QUANTIZED_CELLS", "QUANT_DEFAULTS"]
+
+QUANT_DEFAULTS = {
+    "quant_mode": "full",  # "full" or "weights" (weights only: keeps the fused backend function)
+    "quant_activation_bits": 8,
+    "quant_gate_bits": 16,
+    "quant_state_bits": 16,
+    "quant_cell_clip": 10.0,
+    "quant_ema_decay": 0.99,
+}
+
+_BOUNDED = {"sigmoid", "tanh", "hard_sigmoid"}
+
+
+def _activation_name(fn):
+    return keras.activations.serialize(fn) if fn is not None else "linear"
+
+
+class _QuantizedCellMixin:
+    """Range variables, statistics sink and option handling shared by the quantized cells."""
+
+    FLOAT_CLASS = None
+    NUM_GATES = 1
+    RANGE_STATS = {"output_min": "min", "output_max": "max"}
+
+    def _pop_quant_options(self, kwargs):
+        options = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
+        if options["quant_mode"] not in ("full", "weights"):
+            raise ValueError(f"quant_mode must be 'full' or 'weights', got {options['quant_mode']!r}")
+        for key in ("quant_activation_bits", "quant_gate_bits", "quant_state_bits"):
+            if not 2 <= int(options[key]) <= 16:
+                raise ValueError(f"{key} must be in [2, 16], got {options[key]}")
+        self.__dict__.update({"_quant": options})
+        return kwargs
+
+    @property
+    def quant_options(self):
+        return dict(self._quant)
+
+    @property
+    def full_quantization(self):
+        return self._quant["quant_mode"] == "full"
+
+    def _initial_output_range(self):
+        bounded = _activation_name(self.activation) == "tanh"
+        return (-1.0, 1.0) if bounded else (-6.0, 6.0)
+
+    def _build_ranges(self):
+        lo, hi = self._initial_output_range()
+        add = lambda name, value: self.add_weight(  # noqa: E731
+            name=name,
+            shape=(),
+            initializer=keras.initializers.Constant(value),
+            trainable=False,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
+        self.quant_output_min = add("quant_output_min", lo)
+        self.quant_output_max = add("quant_output_max", hi)
+        if "cell_max_abs" in self.RANGE_STATS:
+            self.quant_cell_max_abs = add("quant_cell_max_abs", self._quant["quant_cell_clip"])
+        self.quant_observed = add("quant_observed", 0.0)
+        self._stats_sink = None
+
+    # -- quantization points ---------------------------------------------------------------
+    def _quantize_gate(self, x, activation):
+        if not self.full_quantization or _activation_name(activation) not in _BOUNDED:
+            return x
+        return fake_quant_fixed_unit(x, self._quant["quant_gate_bits"])
+
+    def _quantize_output(self, h):
+        if not self.full_quantization:
+            return h
+        if self._stats_sink is not None:
+            self._stats_sink.append((self, "output_min", tf.reduce_min(h, axis=-1)))
+            self._stats_sink.append((self, "output_max", tf.reduce_max(h, axis=-1)))
+        return fake_quant_asymmetric(
+            h, self.quant_output_min, self.quant_output_max, self._quant["quant_activation_bits"]
+        )
+
+    def _quantize_cell_state(self, c):
+        if not self.full_quantization:
+            return c
+        clip = self._quant["quant_cell_clip"]
+        if clip:
+            c = tf.clip_by_value(c, -clip, clip)
+        if self._stats_sink is not None:
+            self._stats_sink.append((self, "cell_max_abs", tf.reduce_max(tf.abs(c), axis=-1)))
+        return fake_quant_power_of_two(c, self.quant_cell_max_abs, self._quant["quant_state_bits"])
+
+    def observe(self, batch_stats):
+        """Moving-average update of the learned ranges from one batch's statistics."""
+        decay = self._quant["quant_ema_decay"]
+        seen = self.quant_observed
+        updates = []
+        for key, value in batch_stats.items():
+            var = getattr(self, "quant_" + key)
+            new = tf.where(seen > 0, decay * var + (1.0 - decay) * value, value)
+            updates.append(var.assign(new))
+        with tf.control_dependencies(updates):
+            updates.append(seen.assign(1.0))
+        return updates
+
+    def get_config(self):
+        return {**super().get_config(), **self._quant}
+
+
+class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
+    """LSTMCell with TFLite integer-LSTM fake quantization (gates i, f, c, o)."""
+
+    FLOAT_CLASS = keras.layers.LSTMCell
+    NUM_GATES = 4
+    RANGE_STATS = {"output_min": "min", "output_max": "max", "cell_max_abs": "max"}
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **self._pop_quant_options(kwargs))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_ranges()
+
+    def call(self, inputs, states, training=None):
+        if not self.full_quantization:
+            return super().call(inputs, states, training=training)
+        h_tm1, c_tm1 = states[0], states[1]
+        dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
+        rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training, count=1)
+        if dp_mask is not None:
+            inputs = inputs * dp_mask[0]
+        if rec_dp_mask is not None:
+            h_tm1 = h_tm1 * rec_dp_mask[0]
+        z = tf.matmul(inputs, self.kernel) + tf.matmul(h_tm1, self.recurrent_kernel)
+        if self.use_bias:
+            z = tf.nn.bias_add(z, self.bias)
+        z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
+        act, rec = self.activation, self.recurrent_activation
+        i = self._quantize_gate(rec(z_i), rec)
+        f = self._quantize_gate(rec(z_f), rec)
+        g = self._quantize_gate(act(z_c), act)
+        o = self._quantize_gate(rec(z_o), rec)
+        c = self._quantize_cell_state(f * c_tm1 + i * g)
+        h = self._quantize_output(o * self._quantize_gate(act(c), act))
+        return h, [h, c]
+
+
+class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
+    """GRUCell with fake-quantized gates (z, r, h) and hidden state."""
+
+    FLOAT_CLASS = keras.layers.GRUCell
+    NUM_GATES = 3
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **self._pop_quant_options(kwargs))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_ranges()
+
+    def call(self, inputs, states, training=None):
+        if not self.full_quantization:
+            return super().call(inputs, states, training=training)
+        h_tm1 = states[0] if tf.nest.is_nested(states) else states
+        dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
+        rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training, count=1)
+        if dp_mask is not None:
+            inputs = inputs * dp_mask[0]
+        h_in = h_tm1 * rec_dp_mask[0] if rec_dp_mask is not None else h_tm1
+        input_bias = recurrent_bias = None
+        if self.use_bias:
+            if self.reset_after:
+                input_bias, recurrent_bias = tf.unstack(self.bias)
+            else:
+                input_bias = self.bias
+        x = tf.matmul(inputs, self.kernel)
+        if input_bias is not None:
+            x = tf.nn.bias_add(x, input_bias)
+        x_z, x_r, x_h = tf.split(x, 3, axis=-1)
+        act, rec = self.activation, self.recurrent_activation
+        rk_zr, rk_h = self.recurrent_kernel[:, : 2 * self.units], self.recurrent_kernel[:, 2 * self.units :]
+        if self.reset_after:
+            inner = tf.matmul(h_in, self.recurrent_kernel)
+            if recurrent_bias is not None:
+                inner = tf.nn.bias_add(inner, recurrent_bias)
+            r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
+            z = self._quantize_gate(rec(x_z + r_z), rec)
+            r = self._quantize_gate(rec(x_r + r_r), rec)
+            hh = self._quantize_gate(act(x_h + r * r_h), act)
+        else:
+            r_z, r_r = tf.split(tf.matmul(h_in, rk_zr), 2, axis=-1)
+            z = self._quantize_gate(rec(x_z + r_z), rec)
+            r = self._quantize_gate(rec(x_r + r_r), rec)
+            hh = self._quantize_gate(act(x_h + tf.matmul(r * h_in, rk_h)), act)
+        h = self._quantize_output(z * h_tm1 + (1.0 - z) * hh)
+        new_state = [h] if tf.nest.is_nested(states) else h
+        return h, new_state
+
+
+class QuantizedSimpleRNNCell(_QuantizedCellMixin, keras.layers.SimpleRNNCell):
+    """SimpleRNNCell with a fake-quantized hidden state (one weight block)."""
+
+    FLOAT_CLASS = keras.layers.SimpleRNNCell
+    NUM_GATES = 1
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **self._pop_quant_options(kwargs))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_ranges()
+
+    def call(self, inputs, states, training=None):
+        output, new_state = super().call(inputs, states, training=training)
+        output = self._quantize_output(output)
+        return output, ([output] if tf.nest.is_nested(states) else output)
+
+
+QUANTIZED_CELLS = {cls.FLOAT_CLASS: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}

@@ -1,0 +1,108 @@
+"""Layout transform: swap recurrent layers for their quantized subclasses before wrapping.
+
+Runs after tfmot's own layout transform (Conv/BN folding etc.). Only layers the user annotated
+without a QuantizeConfig of their own are swapped; every other layer object is reused as is.
+"""
+
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layout_transform import (
+    QuantizeLayoutTransform,
+)
+
+from lstm_transforms._keras import keras
+from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
+from lstm_transforms.recurrent import QuantizedGRU, QuantizedLSTM, QuantizedRNN, QuantizedSimpleRNN
+from lstm_transforms.registry import check_cells, is_recurrent
+
+__all__ = ["RNNLayoutTransform", "quantized_layer_config", "swap_recurrent_layers"]
+
+_LAYERS = {cls.FLOAT_CLASS.__name__: cls for cls in (QuantizedLSTM, QuantizedGRU, QuantizedSimpleRNN, QuantizedRNN)}
+_CELLS = {cls.FLOAT_CLASS.__name__: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}
+
+
+def _swap(serialized, table, options):
+    cls = table[serialized["class_name"]]
+    config = dict(serialized["config"])
+    if cls in _CELLS.values() or cls in (QuantizedLSTM, QuantizedGRU, QuantizedSimpleRNN):
+        config.update(options)
+    if cls is QuantizedRNN:
+        config["cell"] = _swap_cell(config["cell"], options)
+    return {"class_name": cls.__name__, "config": config, "module": cls.__module__, "registered_name": cls.__name__}
+
+
+def _swap_cell(serialized, options):
+    name = serialized["class_name"]
+    if name in _CELLS:
+        return _swap(serialized, _CELLS, options)
+    if name == "StackedRNNCells":
+        config = dict(serialized["config"])
+        config["cells"] = [_swap_cell(c, options) for c in config["cells"]]
+        return {**serialized, "config": config}
+    return serialized  # a registered user cell: quantized by its own QuantizeConfig
+
+
+def quantized_layer_config(serialized, options):
+    """The serialized quantized version of a serialized stock recurrent layer."""
+    name = serialized["class_name"]
+    if name == "Bidirectional":
+        config = dict(serialized["config"])
+        config["layer"] = quantized_layer_config(config["layer"], options)
+        if config.get("backward_layer"):
+            config["backward_layer"] = quantized_layer_config(config["backward_layer"], options)
+        return {**serialized, "config": config}
+    if name in _LAYERS:
+        return _swap(serialized, _LAYERS, options)
+    return serialized
+
+
+def _custom_objects():
+    from lstm_transforms.serialization import custom_objects
+
+    return custom_objects()
+
+
+def _float_weights(layer):
+    return [w for w in layer.weights if "quant_" not in w.name.split("/")[-1]]
+
+
+def swap_recurrent_layers(model, layer_names, options):
+    """Clone `model`, replacing the named recurrent layers by quantized ones with the same weights."""
+    swapped = {}
+
+    def clone(layer):
+        if layer.name not in layer_names:
+            return layer
+        config = quantized_layer_config(keras.layers.serialize(layer), options)
+        with keras.utils.custom_object_scope(_custom_objects()):
+            new = keras.layers.deserialize(config)
+        swapped[layer.name] = (layer, new)
+        return new
+
+    new_model = keras.models.clone_model(model, clone_function=clone)
+    for old, new in swapped.values():
+        targets = _float_weights(new)
+        values = old.get_weights()
+        if len(targets) != len(values):
+            raise RuntimeError(f"Layer '{old.name}': weight layout changed while quantizing ({len(values)} -> {len(targets)})")
+        keras.backend.batch_set_value(list(zip(targets, values)))
+    return new_model
+
+
+class RNNLayoutTransform(QuantizeLayoutTransform):
+    """tfmot's layout transform, then the recurrent-layer swap."""
+
+    def __init__(self, base_transform, quant_options):
+        self.base_transform = base_transform
+        self.quant_options = dict(quant_options)
+
+    def apply(self, model, layer_quantize_map):
+        model, layer_quantize_map = self.base_transform.apply(model, layer_quantize_map)
+        names = set()
+        for layer in model.layers:
+            entry = layer_quantize_map.get(layer.name)
+            if entry is None or entry.get("quantize_config") is not None or not is_recurrent(layer):
+                continue
+            check_cells(layer)
+            names.add(layer.name)
+        if names:
+            model = swap_recurrent_layers(model, names, self.quant_options)
+        return model, layer_quantize_map

@@ -1,0 +1,95 @@
+"""Quantizers tfmot lacks: per-gate weight blocks and the fixed/power-of-two ranges of the integer LSTM.
+
+Every function here is a fake-quant op with a straight-through gradient for the tensor and no
+gradient for its range, so it trains like tfmot's own quantizers.
+"""
+
+from tensorflow_model_optimization.python.core.quantization.keras import quantizers as tfmot_quantizers
+
+from lstm_transforms._keras import tf
+
+__all__ = [
+    "PerGateWeightQuantizer",
+    "fake_quant_fixed_unit",
+    "fake_quant_asymmetric",
+    "fake_quant_power_of_two",
+    "power_of_two_bound",
+]
+
+
+def per_gate_max_abs(kernel, num_gates):
+    """Max |w| of each gate block of a `(in, num_gates * units)` kernel, shape `(num_gates,)`."""
+    blocks = tf.reshape(kernel, [tf.shape(kernel)[0], num_gates, -1])
+    return tf.reduce_max(tf.abs(blocks), axis=[0, 2])
+
+
+def fake_quant_per_gate(kernel, num_gates, num_bits):
+    """Symmetric narrow-range fake quant with one scale per gate block (max |w| / (2^(b-1) - 1))."""
+    bound = tf.stop_gradient(tf.maximum(per_gate_max_abs(kernel, num_gates), 1e-8))
+    units = tf.shape(kernel)[-1] // num_gates
+    bound = tf.repeat(bound, units)
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        kernel, -bound, bound, num_bits=num_bits, narrow_range=True
+    )
+
+
+class PerGateWeightQuantizer(tfmot_quantizers.Quantizer):
+    """int-N symmetric weight quantizer with one scale per gate block of a fused RNN kernel.
+
+    TFLite's integer LSTM stores each gate matrix (input, forget, cell, output) as its own
+    tensor with its own per-tensor scale; GRU has three blocks (z, r, h), SimpleRNN one.
+    """
+
+    def __init__(self, num_gates, num_bits=8):
+        if num_gates < 1:
+            raise ValueError(f"num_gates must be >= 1, got {num_gates}")
+        if not 2 <= num_bits <= 8:
+            raise ValueError(f"weight num_bits must be in [2, 8], got {num_bits}")
+        self.num_gates = int(num_gates)
+        self.num_bits = int(num_bits)
+
+    def build(self, tensor_shape, name, layer):
+        if tensor_shape[-1] % self.num_gates:
+            raise ValueError(
+                f"Weight '{name}' of layer '{layer.name}' has last dimension {tensor_shape[-1]}, "
+                f"not divisible into {self.num_gates} gate blocks."
+            )
+        return {}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return fake_quant_per_gate(inputs, self.num_gates, self.num_bits)
+
+    def get_config(self):
+        return {"num_gates": self.num_gates, "num_bits": self.num_bits}
+
+    def __eq__(self, other):
+        return isinstance(other, PerGateWeightQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+
+def fake_quant_fixed_unit(x, num_bits):
+    """Fixed range [-1, 1) with scale 2^-(b-1): the int16 gate outputs of TFLite's integer LSTM."""
+    top = 1.0 - 2.0 ** (1 - num_bits)
+    return tf.quantization.fake_quant_with_min_max_args(x, min=-1.0, max=top, num_bits=num_bits)
+
+
+def fake_quant_asymmetric(x, range_min, range_max, num_bits):
+    """Asymmetric fake quant over a learned [min, max] (TFLite int8 activation)."""
+    lo = tf.stop_gradient(tf.minimum(range_min, 0.0))
+    hi = tf.stop_gradient(tf.maximum(range_max, lo + 1e-6))
+    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits)
+
+
+def power_of_two_bound(max_abs):
+    """Smallest power of two >= max_abs (at least 2^-8): the integer LSTM's cell-state range."""
+    max_abs = tf.maximum(max_abs, 2.0**-8)
+    return tf.pow(2.0, tf.math.ceil(tf.math.log(max_abs) / tf.math.log(2.0)))
+
+
+def fake_quant_power_of_two(x, max_abs, num_bits):
+    """Symmetric fake quant with a power-of-two scale covering `max_abs` (bound / 2^(b-1))."""
+    bound = tf.stop_gradient(power_of_two_bound(max_abs))
+    top = bound * (1.0 - 2.0 ** (1 - num_bits))
+    return tf.quantization.fake_quant_with_min_max_vars(x, -bound, top, num_bits=num_bits)

@@ -1,0 +1,214 @@
+"""Recurrent layers whose loop runs the quantized cells and learns their ranges over every step.
+
+``QuantizedLSTM``/``QuantizedGRU``/``QuantizedSimpleRNN``/``QuantizedRNN`` are subclasses of the
+stock tf-keras layers (same weights, same config plus ``quant_*`` keys). In full mode they always
+run the per-step loop (the fused backend function hard-codes float sigmoid/tanh and would ignore
+every activation quantization point); in weights-only mode LSTM/GRU keep the fused function.
+
+While training, each step also emits per-sample statistics of every quantization point of every
+quantized cell (stacked cells included) next to its output; after the loop they are reduced over
+batch and time and folded into the cells' moving-average ranges. No variable is written inside
+the loop, so this works unchanged under ``tf.distribute`` strategies.
+"""
+
+from tf_keras.src.utils import generic_utils
+
+from lstm_transforms._keras import keras, tf
+from lstm_transforms.cells import QUANT_DEFAULTS, QUANTIZED_CELLS, QuantizedGRUCell, QuantizedLSTMCell
+from lstm_transforms.cells import QuantizedSimpleRNNCell, _QuantizedCellMixin
+
+__all__ = ["QuantizedRNN", "QuantizedLSTM", "QuantizedGRU", "QuantizedSimpleRNN", "QUANTIZED_LAYERS", "cells_of"]
+
+from tf_keras.src import backend  # noqa: E402  (the module RNN.call itself uses)
+
+
+def _static(flag):
+    """The Python value of a training flag, or None when it is only known at run time."""
+    return tf.get_static_value(flag) if tf.is_tensor(flag) else flag
+
+
+def cells_of(layer_or_cell):
+    """Flat list of the cells inside an RNN layer, StackedRNNCells or Bidirectional, in order."""
+    if isinstance(layer_or_cell, keras.layers.Bidirectional):
+        return cells_of(layer_or_cell.forward_layer) + cells_of(layer_or_cell.backward_layer)
+    if isinstance(layer_or_cell, keras.layers.RNN):
+        return cells_of(layer_or_cell.cell)
+    if isinstance(layer_or_cell, keras.layers.StackedRNNCells):
+        return [c for cell in layer_or_cell.cells for c in cells_of(cell)]
+    return [layer_or_cell]
+
+
+def _quantized_cells(layer):
+    return [c for c in cells_of(layer) if isinstance(c, _QuantizedCellMixin) and c.full_quantization]
+
+
+class _QuantizedLoopMixin:
+    """`call` of the quantized layers: tf-keras RNN.call plus range statistics over all steps."""
+
+    def _fused_allowed(self):
+        return False
+
+    def call(self, inputs, mask=None, training=None, initial_state=None, constants=None):
+        cells = _quantized_cells(self)
+        if not cells:
+            if self._fused_allowed():
+                return self.FLOAT_CLASS.call(self, inputs, mask=mask, training=training, initial_state=initial_state)
+            return keras.layers.RNN.call(
+                self, inputs, mask=mask, training=training, initial_state=initial_state, constants=constants
+            )
+        if training is None:
+            training = backend.learning_phase()
+        collect = _static(training)
+        collect = True if collect is None else bool(collect)
+        if not collect:
+            return keras.layers.RNN.call(
+                self, inputs, mask=mask, training=training, initial_state=initial_state, constants=constants
+            )
+        return self._call_collecting(cells, inputs, mask, training, initial_state, constants)
+
+    def _call_collecting(self, cells, inputs, mask, training, initial_state, constants):
+        inputs, row_lengths = backend.convert_inputs_if_ragged(inputs)
+        is_ragged_input = row_lengths is not None
+        self._validate_args_if_ragged(is_ragged_input, mask)
+        inputs, initial_state, constants = self._process_inputs(inputs, initial_state, constants)
+        self._maybe_reset_cell_dropout_mask(self.cell)
+        if isinstance(self.cell, keras.layers.StackedRNNCells):
+            for cell in self.cell.cells:
+                self._maybe_reset_cell_dropout_mask(cell)
+        if mask is not None:
+            mask = tf.nest.flatten(mask)[0]
+        timesteps = backend.int_shape(inputs)[0 if self.time_major else 1]
+        kwargs = {"training": training} if generic_utils.has_arg(self.cell.call, "training") else {}
+        layout = []  # (cell, key) of every statistics column, fixed by the first trace of the step
+
+        def step(step_inputs, states):
+            sink = []
+            for cell in cells:
+                cell._stats_sink = sink
+            try:
+                if constants:
+                    consts, states = states[-self._num_constants :], states[: -self._num_constants]
+                    output, new_states = self.cell(step_inputs, states, constants=consts, **kwargs)
+                else:
+                    output, new_states = self.cell(step_inputs, states, **kwargs)
+            finally:
+                for cell in cells:
+                    cell._stats_sink = None
+            if not tf.nest.is_nested(new_states):
+                new_states = [new_states]
+            layout[:] = [(cell, key) for cell, key, _ in sink]
+            stats = tf.stack([tf.cast(value, output.dtype) for _, _, value in sink], axis=-1)
+            return tf.concat([output, stats], axis=-1), new_states
+
+        last_output, outputs, states = backend.rnn(
+            step,
+            inputs,
+            initial_state,
+            constants=constants,
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=self.unroll,
+            input_length=row_lengths if row_lengths is not None else timesteps,
+            time_major=self.time_major,
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=True,
+        )
+        width = len(layout)
+        stats = tf.reshape(outputs[..., -width:], [-1, width])
+        outputs, last_output = outputs[..., :-width], last_output[..., :-width]
+        self._fold_statistics(layout, stats, training)
+
+        if self.stateful:
+            updates = [
+                tf.compat.v1.assign(self_state, tf.cast(state, self_state.dtype))
+                for self_state, state in zip(tf.nest.flatten(self.states), tf.nest.flatten(states))
+            ]
+            self.add_update(updates)
+        if self.return_sequences:
+            output = backend.maybe_convert_to_ragged(
+                is_ragged_input, outputs, row_lengths, go_backwards=self.go_backwards
+            )
+        else:
+            output = last_output
+        if self.return_state:
+            states = list(states) if isinstance(states, (list, tuple)) else [states]
+            return generic_utils.to_list(output) + states
+        return output
+
+    @staticmethod
+    def _fold_statistics(layout, stats, training):
+        per_cell = {}
+        for column, (cell, key) in enumerate(layout):
+            reduce = tf.reduce_min if cell.RANGE_STATS[key] == "min" else tf.reduce_max
+            per_cell.setdefault(cell, {})[key] = reduce(stats[:, column])
+
+        def update():
+            ops = [op for cell, batch in per_cell.items() for op in cell.observe(batch)]
+            with tf.control_dependencies(ops):
+                return tf.constant(True)
+
+        if _static(training) is None:
+            tf.cond(tf.cast(training, tf.bool), update, lambda: tf.constant(False))
+        else:
+            update()
+
+
+def _with_quantized_cell(layer, cell_class, quant_options):
+    """Replace the cell a stock LSTM/GRU/SimpleRNN built in its __init__ by the quantized one."""
+    config = layer.cell.get_config()
+    config.update(quant_options)
+    layer.cell = cell_class.from_config(config)
+
+
+class QuantizedLSTM(_QuantizedLoopMixin, keras.layers.LSTM):
+    FLOAT_CLASS = keras.layers.LSTM
+
+    def __init__(self, units, **kwargs):
+        quant = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
+        super().__init__(units, **kwargs)
+        _with_quantized_cell(self, QuantizedLSTMCell, quant)
+
+    def _fused_allowed(self):
+        return self._could_use_gpu_kernel
+
+    def get_config(self):
+        return {**super().get_config(), **self.cell.quant_options}
+
+
+class QuantizedGRU(_QuantizedLoopMixin, keras.layers.GRU):
+    FLOAT_CLASS = keras.layers.GRU
+
+    def __init__(self, units, **kwargs):
+        quant = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
+        super().__init__(units, **kwargs)
+        _with_quantized_cell(self, QuantizedGRUCell, quant)
+
+    def _fused_allowed(self):
+        return self._could_use_gpu_kernel
+
+    def get_config(self):
+        return {**super().get_config(), **self.cell.quant_options}
+
+
+class QuantizedSimpleRNN(_QuantizedLoopMixin, keras.layers.SimpleRNN):
+    FLOAT_CLASS = keras.layers.SimpleRNN
+
+    def __init__(self, units, **kwargs):
+        quant = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
+        super().__init__(units, **kwargs)
+        _with_quantized_cell(self, QuantizedSimpleRNNCell, quant)
+
+    def get_config(self):
+        return {**super().get_config(), **self.cell.quant_options}
+
+
+class QuantizedRNN(_QuantizedLoopMixin, keras.layers.RNN):
+    """`RNN(cell)` / `RNN(StackedRNNCells)` whose built-in cells are the quantized ones."""
+
+    FLOAT_CLASS = keras.layers.RNN
+
+
+QUANTIZED_LAYERS = {
+    cls.FLOAT_CLASS: cls for cls in (QuantizedLSTM, QuantizedGRU, QuantizedSimpleRNN, QuantizedRNN)
+}
+QUANTIZED_CELL_CLASSES = QUANTIZED_CELLS
