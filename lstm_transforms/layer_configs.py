@@ -11,7 +11,8 @@
   quantized by the converter and not simulated. tfmot's own Conv2D->BN(->ReLU) fold is untouched:
   its layout transform puts a config for the folded BN in the layer quantize map, and
   `quantize_apply` only asks the registry for layers whose map entry has no config.
-- `Conv1D`: exactly like tfmot's Conv2D (per-channel symmetric weights, activation quantized).
+- `Conv1D`: like tfmot's Conv2D (per-channel symmetric weights, activation quantized); the
+  kernel is fake-quantized in the ``(1, width, in, out)`` layout TFLite's CONV_2D uses.
 - `IndexSlice` (made by `lstm_transforms.transforms` from ``x[:, -1, :]``-style slices): passes
   quantization through, like tfmot's `Reshape`.
 
@@ -26,10 +27,20 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_registry as _registry,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantizers as _default_quantizers,
+)
 
-from lstm_transforms._keras import keras
+from lstm_transforms._keras import keras, tf
 
-__all__ = ["IndexSlice", "BatchNormQuantizeConfig", "extra_quantize_config", "extra_types_dict"]
+__all__ = [
+    "IndexSlice",
+    "BatchNormQuantizeConfig",
+    "Conv1DQuantizeConfig",
+    "Conv1DWeightsQuantizer",
+    "extra_quantize_config",
+    "extra_types_dict",
+]
 
 
 @keras.utils.register_keras_serializable(package="lstm_transforms")
@@ -84,6 +95,33 @@ class BatchNormQuantizeConfig(_qc.QuantizeConfig):
         return type(other) is type(self)
 
 
+class Conv1DWeightsQuantizer(_default_quantizers.Default8BitConvWeightsQuantizer):
+    """Per-output-channel symmetric 8-bit weights for a ``(width, in, out)`` Conv1D kernel.
+
+    tfmot's per-channel fake quant only handles rank-2 and rank-4 tensors; TFLite runs Conv1D as a
+    CONV_2D on the kernel expanded to ``(1, width, in, out)``, so quantize exactly that.
+    """
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        quantized = super().__call__(tf.expand_dims(inputs, 0), training, weights, **kwargs)
+        return tf.squeeze(quantized, 0)
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls()
+
+
+class Conv1DQuantizeConfig(_registry.Default8BitConvQuantizeConfig):
+    """Conv1D quantized like tfmot's Conv2D: per-channel weights, quantized activation."""
+
+    def __init__(self, weight_attrs=("kernel",), activation_attrs=("activation",), quantize_output=False):
+        super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
+        self.weight_quantizer = Conv1DWeightsQuantizer()
+
+
 def _pass_through():
     # The config tfmot itself gives Reshape/Flatten/Permute: nothing quantized inside the layer.
     return _registry.Default8BitQuantizeConfig([], [], False)
@@ -95,7 +133,7 @@ def extra_quantize_config(layer):
     if kind in (keras.layers.BatchNormalization,):
         return BatchNormQuantizeConfig()
     if kind is keras.layers.Conv1D:
-        return _registry.Default8BitConvQuantizeConfig(["kernel"], ["activation"], False)
+        return Conv1DQuantizeConfig()
     if kind is IndexSlice:
         return _pass_through()
     return None
@@ -107,4 +145,6 @@ def extra_types_dict():
         "IndexSlice": IndexSlice,
         "lstm_transforms>IndexSlice": IndexSlice,
         "BatchNormQuantizeConfig": BatchNormQuantizeConfig,
+        "Conv1DQuantizeConfig": Conv1DQuantizeConfig,
+        "Conv1DWeightsQuantizer": Conv1DWeightsQuantizer,
     }
