@@ -41,7 +41,7 @@ class _QuantizedCellMixin:
 
     FLOAT_CLASS = None
     NUM_GATES = 1
-    RANGE_STATS = {"output_min": "min", "output_max": "max"}
+    STATISTICS = ("output",)  # tensors whose per-batch statistics set the learned ranges
 
     def _pop_quant_options(self, kwargs):
         options = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
@@ -76,7 +76,7 @@ class _QuantizedCellMixin:
         )
         self.quant_output_min = add("quant_output_min", lo)
         self.quant_output_max = add("quant_output_max", hi)
-        if "cell_max_abs" in self.RANGE_STATS:
+        if "cell_state" in self.STATISTICS:
             self.quant_cell_max_abs = add("quant_cell_max_abs", self._quant["quant_cell_clip"])
         self.quant_observed = add("quant_observed", 0.0)
         self._stats_sink = None
@@ -91,8 +91,7 @@ class _QuantizedCellMixin:
         if not self.full_quantization:
             return h
         if self._stats_sink is not None:
-            self._stats_sink.append((self, "output_min", tf.reduce_min(h, axis=-1)))
-            self._stats_sink.append((self, "output_max", tf.reduce_max(h, axis=-1)))
+            self._stats_sink.append((self, "output", h))
         return fake_quant_asymmetric(
             h, self.quant_output_min, self.quant_output_max, self._quant["quant_activation_bits"]
         )
@@ -104,11 +103,17 @@ class _QuantizedCellMixin:
         if clip:
             c = tf.clip_by_value(c, -clip, clip)
         if self._stats_sink is not None:
-            self._stats_sink.append((self, "cell_max_abs", tf.reduce_max(tf.abs(c), axis=-1)))
+            self._stats_sink.append((self, "cell_state", c))
         return fake_quant_power_of_two(c, self.quant_cell_max_abs, self._quant["quant_state_bits"])
 
-    def observe(self, batch_stats):
-        """Moving-average update of the learned ranges from one batch's statistics."""
+    def observe(self, observed):
+        """Moving-average update of the learned ranges from {statistic: values of one batch}."""
+        batch_stats = {}
+        if "output" in observed:
+            batch_stats["output_min"] = tf.reduce_min(observed["output"])
+            batch_stats["output_max"] = tf.reduce_max(observed["output"])
+        if "cell_state" in observed:
+            batch_stats["cell_max_abs"] = tf.reduce_max(tf.abs(observed["cell_state"]))
         decay = self._quant["quant_ema_decay"]
         seen = self.quant_observed
         updates = []
@@ -129,7 +134,7 @@ class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
 
     FLOAT_CLASS = keras.layers.LSTMCell
     NUM_GATES = 4
-    RANGE_STATS = {"output_min": "min", "output_max": "max", "cell_max_abs": "max"}
+    STATISTICS = ("output", "cell_state")
 
     def __init__(self, units, **kwargs):
         super().__init__(units, **self._pop_quant_options(kwargs))

@@ -95,6 +95,10 @@ class RNNLayoutTransform(QuantizeLayoutTransform):
         self.quant_options = dict(quant_options)
 
     def apply(self, model, layer_quantize_map):
+        # tfmot would put a float fake-quant after every input, integer token ids included.
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer) and not keras.backend.dtype(layer.output).startswith("float"):
+                layer_quantize_map.pop(layer.name, None)
         model, layer_quantize_map = self.base_transform.apply(model, layer_quantize_map)
         names = set()
         for layer in model.layers:

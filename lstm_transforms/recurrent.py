@@ -5,9 +5,9 @@ stock tf-keras layers (same weights, same config plus ``quant_*`` keys). In full
 run the per-step loop (the fused backend function hard-codes float sigmoid/tanh and would ignore
 every activation quantization point); in weights-only mode LSTM/GRU keep the fused function.
 
-While training, each step also emits per-sample statistics of every quantization point of every
-quantized cell (stacked cells included) next to its output; after the loop they are reduced over
-batch and time and folded into the cells' moving-average ranges. No variable is written inside
+While training, each step also emits the unquantized value of every learned-range quantization
+point of every quantized cell (stacked cells included) next to its output; after the loop they are
+reduced over batch and time and folded into the cells' moving-average ranges. No variable is written inside
 the loop, so this works unchanged under ``tf.distribute`` strategies.
 """
 
@@ -96,9 +96,8 @@ class _QuantizedLoopMixin:
                     cell._stats_sink = None
             if not tf.nest.is_nested(new_states):
                 new_states = [new_states]
-            layout[:] = [(cell, key) for cell, key, _ in sink]
-            stats = tf.stack([tf.cast(value, output.dtype) for _, _, value in sink], axis=-1)
-            return tf.concat([output, stats], axis=-1), new_states
+            layout[:] = [(cell, key, value.shape[-1]) for cell, key, value in sink]
+            return tf.concat([output] + [tf.cast(value, output.dtype) for _, _, value in sink], axis=-1), new_states
 
         last_output, outputs, states = backend.rnn(
             step,
@@ -113,8 +112,8 @@ class _QuantizedLoopMixin:
             zero_output_for_mask=self.zero_output_for_mask,
             return_all_outputs=True,
         )
-        width = len(layout)
-        stats = tf.reshape(outputs[..., -width:], [-1, width])
+        width = sum(columns for _, _, columns in layout)
+        stats = outputs[..., -width:]
         outputs, last_output = outputs[..., :-width], last_output[..., :-width]
         self._fold_statistics(layout, stats, training)
 
@@ -137,10 +136,10 @@ class _QuantizedLoopMixin:
 
     @staticmethod
     def _fold_statistics(layout, stats, training):
-        per_cell = {}
-        for column, (cell, key) in enumerate(layout):
-            reduce = tf.reduce_min if cell.RANGE_STATS[key] == "min" else tf.reduce_max
-            per_cell.setdefault(cell, {})[key] = reduce(stats[:, column])
+        per_cell, start = {}, 0
+        for cell, key, columns in layout:
+            per_cell.setdefault(cell, {})[key] = stats[..., start : start + columns]
+            start += columns
 
         def update():
             ops = [op for cell, batch in per_cell.items() for op in cell.observe(batch)]

@@ -9,6 +9,10 @@ import copy
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_config import QuantizeConfig
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_registry import QuantizeRegistry
 
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
+    Default8BitQuantizeConfig,
+)
+
 from lstm_transforms._keras import keras
 from lstm_transforms.cells import _QuantizedCellMixin
 from lstm_transforms.configs import QuantizedCellConfig, RNNQuantizeConfig, TimeDistributedQuantizeConfig
@@ -114,6 +118,8 @@ class RNNQuantizeRegistry(QuantizeRegistry):
             return True  # unsupported cells get a precise error from get_quantize_config
         if isinstance(layer, keras.layers.TimeDistributed):
             return self.supports(layer.layer)
+        if type(layer) is keras.layers.Embedding:
+            return True
         if self._extra_config(layer) is not None:
             return True
         return self.base_registry.supports(layer)
@@ -124,6 +130,9 @@ class RNNQuantizeRegistry(QuantizeRegistry):
             return RNNQuantizeConfig([cell_quantize_config(c, layer, self.weight_bits) for c in cells_of(layer)])
         if isinstance(layer, keras.layers.TimeDistributed):
             return TimeDistributedQuantizeConfig(self.get_quantize_config(layer.layer))
+        if type(layer) is keras.layers.Embedding:
+            # TFLite GATHER: int8 table, the output keeps the table's scale (no output quantizer).
+            return Default8BitQuantizeConfig(["embeddings"], [], False)
         config = self._extra_config(layer)
         if config is not None:
             return config

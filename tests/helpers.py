@@ -1,0 +1,50 @@
+"""Shared test helpers: calibration and the proof that a recurrent layer is really quantized."""
+
+import numpy as np
+
+from lstm_transforms._keras import keras
+from lstm_transforms.cells import _QuantizedCellMixin
+from lstm_transforms.recurrent import cells_of
+from lstm_transforms.registry import is_recurrent
+
+
+def calibrate(model, x, passes=3):
+    """Forward passes in training mode: tfmot and lstm_transforms ranges learn from them."""
+    for _ in range(passes):
+        model(x, training=True)
+
+
+def recurrent_wrappers(model):
+    found = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is not None and is_recurrent(inner):
+            found.append(layer)
+        elif isinstance(inner, keras.layers.TimeDistributed) and is_recurrent(inner.layer):
+            found.append(layer)
+    return found
+
+
+def _as_list(y):
+    return [np.asarray(t) for t in (y if isinstance(y, (list, tuple)) else [y])]
+
+
+def assert_recurrent_quantized(model, x, expected_layers=1):
+    """Every recurrent layer is wrapped, runs quantized cells, and each cell's output range acts."""
+    wrappers = recurrent_wrappers(model)
+    assert len(wrappers) == expected_layers, [type(l).__name__ for l in model.layers]
+    reference = _as_list(model(x, training=False))
+    for wrapper in wrappers:
+        assert type(wrapper).__name__ == "QuantizeWrapperV2"
+        for cell in cells_of(wrapper.layer):
+            assert isinstance(cell, _QuantizedCellMixin), type(cell)
+            assert cell.full_quantization
+            lo, hi = cell.quant_output_min.numpy(), cell.quant_output_max.numpy()
+            cell.quant_output_min.assign(lo * 0.05)
+            cell.quant_output_max.assign(hi * 0.05)
+            try:
+                changed = _as_list(model(x, training=False))
+            finally:
+                cell.quant_output_min.assign(lo)
+                cell.quant_output_max.assign(hi)
+            assert any(not np.allclose(a, b) for a, b in zip(reference, changed)), f"{cell.name} range has no effect"
