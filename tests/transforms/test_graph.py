@@ -61,3 +61,11 @@ def test_round_trip_keeps_call_arguments():
     rebuilt = graph.to_model(g)
     x = np.random.rand(2, 4, 3).astype("float32")
     np.testing.assert_allclose(model(x, training=True), rebuilt(x, training=True), atol=1e-6)
+
+
+def test_rewrite_returns_the_model_itself_when_nothing_applies():
+    from lstm_transforms.transforms import needs_rewrite, rewrite
+
+    model = _branchy()
+    assert not needs_rewrite(model)
+    assert rewrite(model) is model
