@@ -1,6 +1,7 @@
 """Graph rewrites that run before tfmot annotation, so that stock tfmot can quantize the model.
 
-`rewrite(model)` returns a new float model computing the same outputs with the same weights:
+`rewrite(model)` returns a new float model computing the same outputs with the same weights (or
+`model` itself when no rule applies):
 
 - a `Lambda` / `TFOpLambda` / `SlicingOpLambda` that only moves elements (squeeze, expand_dims,
   reshape, transpose, identity, one-index slice) becomes `Reshape`, `Permute` or `IndexSlice`;
@@ -82,6 +83,9 @@ def rewrite(model, rules=RULES) -> keras.Model:
 def _lambdas(model):
     found = {}
     for layer in model.layers:
+        inner = getattr(layer, "layer", None)  # a wrapper (QuantizeAnnotate, TimeDistributed, ...)
+        if isinstance(inner, keras.layers.Lambda):
+            layer = inner
         if isinstance(layer, keras.layers.Lambda):
             found[layer.name] = layer
         elif isinstance(layer, keras.Model):

@@ -105,3 +105,18 @@ def test_clone_scope_is_a_no_op_without_lambda():
     before = L.Lambda.__dict__["from_config"]
     with clone_scope(_question_model(_reshape)):
         assert L.Lambda.__dict__["from_config"] is before
+
+
+def test_clone_scope_covers_a_lambda_the_user_annotated(extra_scheme):
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs,
+    )
+
+    i = keras.Input((4,))
+    x = L.Dense(4)(i)
+    x = tfq.quantize_annotate_layer(L.Lambda(lambda q: q * 2, name="double"),
+                                    default_8bit_quantize_configs.Default8BitOutputQuantizeConfig())(x)
+    annotated = tfq.quantize_annotate_model(keras.Model(i, L.Dense(2)(x)))
+    with clone_scope(annotated), tfq.quantize_scope():
+        quantized = tfq.quantize_apply(annotated, scheme=extra_scheme)
+    assert isinstance(quantized.get_layer("quant_double"), tfq.QuantizeWrapperV2)
