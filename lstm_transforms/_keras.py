@@ -21,7 +21,7 @@ def _is_keras3_object(obj):
 def check_model(model, what="model"):
     """Raise ValueError unless `model` is a built tf-keras functional or Sequential model."""
     if model is None:
-        raise ValueError(f"`{what}` is None: pass a tf-keras functional or Sequential model.")
+        raise ValueError(f"`{what}` is None: only tf-keras functional and Sequential models are accepted.")
     if _is_keras3_object(model):
         raise ValueError(
             f"`{what}` is a Keras 3 model ({type(model).__module__}.{type(model).__name__}); tfmot and "

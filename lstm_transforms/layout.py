@@ -7,13 +7,14 @@ without a QuantizeConfig of their own are swapped; every other layer object is r
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layout_transform import (
     QuantizeLayoutTransform,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapperV2
 
 from lstm_transforms._keras import keras
 from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
 from lstm_transforms.recurrent import QuantizedGRU, QuantizedLSTM, QuantizedRNN, QuantizedSimpleRNN
 from lstm_transforms.registry import check_cells, is_recurrent
 
-__all__ = ["RNNLayoutTransform", "quantized_layer_config", "swap_recurrent_layers"]
+__all__ = ["RNNLayoutTransform", "MaskingQuantizeWrapper", "quantized_layer_config", "swap_recurrent_layers"]
 
 _LAYERS = {cls.FLOAT_CLASS.__name__: cls for cls in (QuantizedLSTM, QuantizedGRU, QuantizedSimpleRNN, QuantizedRNN)}
 _CELLS = {cls.FLOAT_CLASS.__name__: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}
@@ -87,12 +88,53 @@ def swap_recurrent_layers(model, layer_names, options):
     return new_model
 
 
-class RNNLayoutTransform(QuantizeLayoutTransform):
-    """tfmot's layout transform, then the recurrent-layer swap."""
+class MaskingQuantizeWrapper(QuantizeWrapperV2):
+    """tfmot's QuantizeWrapperV2 that keeps the wrapped layer's Keras mask (tfmot's drops it)."""
 
-    def __init__(self, base_transform, quant_options):
+    def __init__(self, layer, quantize_config, name_prefix="quant_", **kwargs):
+        super().__init__(layer, quantize_config, name_prefix=name_prefix, **kwargs)
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
+
+def _carries_mask(layer):
+    try:
+        return getattr(layer.output, "_keras_mask", None) is not None
+    except AttributeError:  # shared layer: several outputs
+        return any(getattr(node.outputs, "_keras_mask", None) is not None for node in layer._inbound_nodes)
+
+
+def wrap_masking_layers(model, layer_quantize_map, registry):
+    """Wrap annotated layers that produce or pass on a mask in MaskingQuantizeWrapper now."""
+    names = {
+        layer.name
+        for layer in model.layers
+        if layer.name in layer_quantize_map
+        and not isinstance(layer, keras.layers.InputLayer)
+        and not is_recurrent(layer)
+        and _carries_mask(layer)
+    }
+    if not names:
+        return model
+
+    def clone(layer):
+        if layer.name not in names:
+            return layer
+        config = layer_quantize_map[layer.name].get("quantize_config") or registry.get_quantize_config(layer)
+        return MaskingQuantizeWrapper(layer, config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+class RNNLayoutTransform(QuantizeLayoutTransform):
+    """tfmot's layout transform, then the recurrent-layer swap and mask-preserving wrappers."""
+
+    def __init__(self, base_transform, quant_options, registry):
         self.base_transform = base_transform
         self.quant_options = dict(quant_options)
+        self.registry = registry
 
     def apply(self, model, layer_quantize_map):
         # tfmot would put a float fake-quant after every input, integer token ids included.
@@ -109,4 +151,4 @@ class RNNLayoutTransform(QuantizeLayoutTransform):
             names.add(layer.name)
         if names:
             model = swap_recurrent_layers(model, names, self.quant_options)
-        return model, layer_quantize_map
+        return wrap_masking_layers(model, layer_quantize_map, self.registry), layer_quantize_map

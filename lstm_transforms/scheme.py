@@ -85,7 +85,9 @@ class RNNQuantizeScheme(QuantizeScheme):
         }
 
     def get_layout_transformer(self):
-        return RNNLayoutTransform(self._base_scheme().get_layout_transformer(), self.quant_options())
+        return RNNLayoutTransform(
+            self._base_scheme().get_layout_transformer(), self.quant_options(), self.get_quantize_registry()
+        )
 
     def get_quantize_registry(self):
         return RNNQuantizeRegistry(

@@ -2,9 +2,12 @@
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize as tfmot_quantize
 
-from lstm_transforms import cells, configs, quantizers, recurrent
+from lstm_transforms import cells, configs, layout, quantizers, recurrent
 
 __all__ = ["SERIALIZABLE_CLASSES", "custom_objects", "quantize_scope"]
+
+# tfmot's own scope, captured before install() can replace the module attribute with ours.
+_tfmot_quantize_scope = tfmot_quantize.quantize_scope
 
 SERIALIZABLE_CLASSES = (
     cells.QuantizedLSTMCell,
@@ -18,6 +21,7 @@ SERIALIZABLE_CLASSES = (
     configs.RNNQuantizeConfig,
     configs.TimeDistributedQuantizeConfig,
     quantizers.PerGateWeightQuantizer,
+    layout.MaskingQuantizeWrapper,
 )
 
 
@@ -48,4 +52,4 @@ def quantize_scope(*extra_objects):
     scopes = []
     for extra in extra_objects:
         scopes.append(extra if isinstance(extra, dict) else {extra.__name__: extra})
-    return tfmot_quantize.quantize_scope(objects, *scopes)
+    return _tfmot_quantize_scope(objects, *scopes)
