@@ -63,3 +63,21 @@ def test_names_and_source_text_do_not_matter():
         return K.squeeze(q, -1) * 1.0001
 
     assert analyze(squeeze_last_dim, (None, 8, 1), tf.float32).layer_spec is None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.permutations([1, 2, 3]), st.integers(0, 1))
+def test_any_transpose_is_a_permute_and_any_index_a_slice(perm, index):
+    shape = (None, 2, 3, 4)
+    permute = analyze(lambda q: tf.transpose(q, [0] + list(perm)), shape, tf.float32)
+    expected = ("Reshape", (2, 3, 4)) if list(perm) == [1, 2, 3] else ("Permute", tuple(perm))
+    assert permute.layer_spec == expected
+    axis = perm[0]
+    sliced = analyze(lambda q: tf.gather(q, index, axis=axis), shape, tf.float32)
+    assert sliced.layer_spec is None  # GatherV2 reads values by index: not in the data-moving set
+    key = (slice(None),) * axis + (index,)
+    assert analyze(lambda q: q[key], shape, tf.float32).layer_spec == ("IndexSlice", axis, index)

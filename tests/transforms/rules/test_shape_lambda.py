@@ -91,3 +91,12 @@ def test_lambda_with_variable_time_uses_a_free_dimension(checks):
     assert rewritten.get_layer("op").target_shape == (-1, 4)
     for steps in (2, 7):
         checks.same_outputs(model, rewritten, np.random.randn(2, steps, 4, 1).astype("float32"))
+
+
+def test_sequential_model_with_a_shape_lambda(checks):
+    model = keras.Sequential([keras.Input((6, 4, 1)), L.Lambda(lambda q: K.squeeze(q, -1), name="sq"), L.Dense(2)])
+    before = checks.snapshot(model)
+    rewritten = rewrite(model)
+    assert type(rewritten.get_layer("sq")) is L.Reshape
+    checks.same_outputs(model, rewritten, np.random.randn(3, 6, 4, 1).astype("float32"))
+    checks.untouched(model, before)
