@@ -11,6 +11,61 @@ import sys
 import traceback
 
 
+# op name -> [(bias input, data input, weight input)] whose int32 bias must be at scale in * w.
+_BIAS_TRIPLES = {
+    "FULLY_CONNECTED": [(2, 0, 1)],
+    "CONV_2D": [(2, 0, 1)],
+    "DEPTHWISE_CONV_2D": [(2, 0, 1)],
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": [(12, 0, 1), (13, 0, 2), (14, 0, 3), (15, 0, 4)],
+}
+
+
+def requantize_biases(flatbuffer):
+    """Return (flatbuffer, fixes): every int32 bias re-expressed at scale input_scale * weight_scale.
+
+    The integer kernels add the bias in the accumulator domain and assume exactly that scale. When
+    some activation ranges are fixed by FakeQuant ops and others calibrated, the converter can
+    quantize a bias with a stale input scale (seen on the fused LSTM: bias 1.56x too large), so this
+    rewrites such biases in place (same size, no re-layout). `fixes` lists the tensors changed.
+    """
+    import numpy as np
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    data = bytearray(flatbuffer)
+    model = schema.Model.GetRootAs(data, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    fixes = []
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            opcode = model.OperatorCodes(op.OpcodeIndex())
+            code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+            inputs = op.InputsAsNumpy()
+            for bias_i, in_i, w_i in _BIAS_TRIPLES.get(names.get(code), []):
+                if max(bias_i, in_i, w_i) >= len(inputs) or min(inputs[bias_i], inputs[in_i], inputs[w_i]) < 0:
+                    continue
+                bias, x, w = (graph.Tensors(int(inputs[i])) for i in (bias_i, in_i, w_i))
+                if bias.Type() != schema.TensorType.INT32 or x.Quantization() is None or w.Quantization() is None:
+                    continue
+                b_scale = bias.Quantization().ScaleAsNumpy()
+                x_scale, w_scale = x.Quantization().ScaleAsNumpy(), w.Quantization().ScaleAsNumpy()
+                if not (np.size(b_scale) and np.size(x_scale) and np.size(w_scale)):
+                    continue
+                want = (x_scale[0] * w_scale).astype(np.float32)
+                if np.size(want) != np.size(b_scale) or np.allclose(b_scale, want, rtol=1e-6, atol=0):
+                    continue
+                raw = model.Buffers(bias.Buffer()).DataAsNumpy()
+                if not isinstance(raw, np.ndarray) or raw.size == 0:
+                    continue
+                values = raw.view(np.int32)
+                real = values.astype(np.float64) * b_scale.astype(np.float64)
+                values[:] = np.clip(np.round(real / want), -(2**31), 2**31 - 1).astype(np.int32)
+                b_scale[:] = want
+                fixes.append(bias.Name().decode())
+    return bytes(data), fixes
+
+
 def _convert(workdir):
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import numpy as np
@@ -25,8 +80,10 @@ def _convert(workdir):
             arrays = [data[f"arr_{k}"] for k in range(len(data.files))]
 
         def representative_dataset():
-            for i in range(len(arrays[0])):
+            total = len(arrays[0])
+            for i in range(total):
                 yield [a[i:i + 1] for a in arrays]
+                print(f"@@progress {i + 1} {total}", flush=True)
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
@@ -37,6 +94,10 @@ def _convert(workdir):
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     flatbuffer = converter.convert()
+    if options["int8"]:
+        flatbuffer, fixes = requantize_biases(flatbuffer)
+        with open(os.path.join(workdir, "bias_fixes.json"), "w") as f:
+            json.dump(fixes, f)
 
     # Never hand back a model that does not load and run.
     interpreter = tf.lite.Interpreter(model_content=flatbuffer)

@@ -40,12 +40,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
 from lstm_transforms._keras import check_model, keras, tf
 
-__all__ = ["export_tflite", "convert", "baked_float_model", "ExportError"]
+__all__ = ["export_tflite", "convert", "baked_float_model", "ExportError", "FakeQuant"]
 
 _UNROLL_CLASSES = ("GRU", "SimpleRNN")
 _RECURRENT_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN")
@@ -132,8 +133,11 @@ def _all_variables(layer):
 
 def _relative(name, layer_name):
     name = name.split(":")[0]
-    if name.startswith(layer_name + "/"):
-        return name[len(layer_name) + 1:]
+    prefix = layer_name + "/"
+    if name.startswith(prefix):
+        while name.startswith(prefix):  # a layer built inside a same-named wrapper: "dense/dense/kernel"
+            name = name[len(prefix):]
+        return name
     return name.split("/", 1)[-1]
 
 
@@ -218,20 +222,87 @@ def _float_layer(layer):
         raise
 
 
-def baked_float_model(qat_model):
-    """A plain float tf-keras model computing what `qat_model` computes at inference, minus activation fake quant.
+class FakeQuant(keras.layers.Layer):
+    """`fake_quant_with_min_max_vars` with fixed constants: a QAT activation range, for the converter."""
+
+    def __init__(self, range_min, range_max, num_bits=8, narrow_range=False, **kwargs):
+        super().__init__(**kwargs)
+        self.range_min, self.range_max = float(range_min), float(range_max)
+        self.num_bits, self.narrow_range = int(num_bits), bool(narrow_range)
+
+    def call(self, inputs):
+        return tf.quantization.fake_quant_with_min_max_vars(
+            inputs, self.range_min, self.range_max, num_bits=self.num_bits, narrow_range=self.narrow_range
+        )
+
+    def get_config(self):
+        return dict(super().get_config(), range_min=self.range_min, range_max=self.range_max,
+                    num_bits=self.num_bits, narrow_range=self.narrow_range)
+
+
+class WithFakeQuant(keras.layers.Layer):
+    """A float layer followed by its QAT output range (`FakeQuant`)."""
+
+    def __init__(self, layer, fake_quant, **kwargs):
+        super().__init__(name=layer.name, **kwargs)
+        self.layer, self.fake_quant = layer, fake_quant
+
+    def call(self, inputs, *args, **kwargs):
+        return self.fake_quant(self.layer(inputs, *args, **kwargs))
+
+
+def _fake_quant_from(quantizer, quantizer_vars, name):
+    """A `FakeQuant` reproducing a tfmot activation quantizer at inference, or None if not per-tensor."""
+    if quantizer is None or not isinstance(quantizer_vars, dict):
+        return None
+    lo, hi = quantizer_vars.get("min_var"), quantizer_vars.get("max_var")
+    if lo is None or hi is None or getattr(quantizer, "per_axis", False) or np.size(lo.numpy()) != 1:
+        return None
+    return FakeQuant(float(lo.numpy()), float(hi.numpy()), getattr(quantizer, "num_bits", 8),
+                     getattr(quantizer, "narrow_range", False), name=name)
+
+
+def _output_fake_quant(layer):
+    """The QAT range a wrapper applies to its output (output quantizer or post-activation), if any."""
+    if not _is_quantize_wrapper(layer) or _is_recurrent(layer.layer):
+        # A fused LSTM cannot have a fixed range on both its input and its output (the converter
+        # fails with "Failed to duplicate values for the stateful op"): recurrent outputs are calibrated.
+        return None
+    name = layer.layer.name + "_fake_quant"
+    if getattr(layer, "_output_quantizers", None):
+        return _fake_quant_from(layer._output_quantizers[0], layer._output_quantizer_vars, name)
+    act = getattr(layer.layer, "activation", None)
+    if type(act).__name__ == "QuantizeAwareActivation" and act._should_post_quantize():
+        return _fake_quant_from(act.quantizer, act._post_activation_vars, name)
+    return None
+
+
+def _is_recurrent(layer):
+    inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None) or layer
+    return isinstance(layer, keras.layers.RNN) or isinstance(inner, keras.layers.RNN)
+
+
+def baked_float_model(qat_model, *, qat_ranges=True):
+    """A plain float tf-keras model computing what `qat_model` computes at inference.
 
     Same layer graph and layer names; every weight is the QAT model's fake-quantized weight; quantize
-    wrappers become their stock float layers, `QuantizeLayer`s identities; GRU/SimpleRNN are unrolled.
+    wrappers become their stock float layers, GRU/SimpleRNN are unrolled. With `qat_ranges=True`
+    (default) the QAT activation ranges of `QuantizeLayer`s and of non-recurrent layer outputs are kept
+    as fixed `FakeQuant` ops (the converter then uses them instead of calibrating those tensors);
+    otherwise `QuantizeLayer`s become identities and every activation range is left to calibration.
     Works on float models too (then it is a clone with GRU/SimpleRNN unrolled).
     """
     check_model(qat_model, "qat_model")
     pairs = []
 
     def clone(layer):
+        if _is_quantize_layer(layer):
+            fq = _fake_quant_from(layer.quantizer, layer.quantizer_vars, layer.name) if qat_ranges else None
+            return fq or keras.layers.Activation("linear", name=layer.name)
         new = _float_layer(layer)
         pairs.append((layer, new))
-        return new
+        fq = _output_fake_quant(layer) if qat_ranges else None
+        return WithFakeQuant(new, fq) if fq is not None else new
 
     try:
         model = keras.models.clone_model(qat_model, clone_function=clone)
@@ -325,7 +396,8 @@ def _risky_layers(model):
     return risky
 
 
-def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, float_model=None):
+def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, progress=False,
+            float_model=None):
     """Convert a float tf-keras model to a TFLite flatbuffer (`bytes`) in a child process.
 
     With `representative_dataset`: post-training full-int8 (int8 weights, int32 biases, int8
@@ -333,7 +405,8 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
     a float model. Inputs are fixed to batch 1 (`[1, T, F]`) so LSTM layers fuse into
     `UNIDIRECTIONAL_SEQUENCE_LSTM`. Raises `ExportError` (naming the layer(s) and the cause) when the
     converter fails or crashes, or when the result does not load and run in the interpreter.
-    `float_model` is only used to name layers in error messages (defaults to `model`).
+    `progress=True` draws a calibration progress bar on stderr. `float_model` is only used to name
+    layers in error messages (defaults to `model`).
     """
     check_model(model)
     arrays = None
@@ -357,13 +430,7 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "lstm_transforms._convert_worker", workdir],
-                env=env, capture_output=True, text=True, timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise ExportError(f"TFLite conversion of '{model.name}' did not finish in {timeout} s.") from e
+        proc = _run_worker(workdir, env, timeout, progress, model.name)
         out = os.path.join(workdir, "model.tflite")
         if proc.returncode == 0 and os.path.exists(out):
             with open(out, "rb") as f:
@@ -371,6 +438,47 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
         raise _conversion_error(proc, workdir, float_model or model)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Finished:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def _run_worker(workdir, env, timeout, progress, name):
+    """Run the worker; relay its calibration progress lines to a bar on stderr when `progress`."""
+    err_path = os.path.join(workdir, "stderr.txt")
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lstm_transforms._convert_worker", workdir],
+            env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+        fired = []
+
+        def kill():
+            fired.append(True)
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                if progress and line.startswith("@@progress "):
+                    done, total = (int(v) for v in line.split()[1:3])
+                    width = 30
+                    filled = int(width * done / max(total, 1))
+                    sys.stderr.write(f"\rcalibration: [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+                    if done == total:
+                        sys.stderr.write("\n")
+                    sys.stderr.flush()
+            proc.wait()
+        finally:
+            timer.cancel()
+    with open(err_path) as f:
+        stderr = f.read()
+    if fired:
+        raise ExportError(f"TFLite conversion of '{name}' did not finish in {timeout} s.")
+    return _Finished(proc.returncode, stderr)
 
 
 def _conversion_error(proc, workdir, model):
@@ -401,7 +509,7 @@ def _conversion_error(proc, workdir, model):
 # ----------------------------------------------------------------------------------------------
 
 
-def export_tflite(qat_model, representative_dataset, *, int8_io=False, max_samples=None, timeout=600):
+def export_tflite(qat_model, representative_dataset, *, int8_io=False, max_samples=None, timeout=600, progress=False):
     """Export a QAT (or float) tf-keras model to a fully-integer TFLite flatbuffer; returns `bytes`.
 
     `representative_dataset`: a numpy array (samples on axis 0), a list of arrays (one per model
@@ -411,7 +519,8 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, max_sampl
 
     LSTM -> `UNIDIRECTIONAL_SEQUENCE_LSTM` (Bidirectional: two of them); GRU and SimpleRNN ->
     unrolled integer ops (the time dimension must be fixed). The int8 weights equal the QAT model's
-    fake-quantized weights. Float input/output by default, int8 with `int8_io=True`.
+    fake-quantized weights. Float input/output by default, int8 with `int8_io=True`. `progress=True`
+    draws a calibration progress bar; `timeout` (seconds) bounds the conversion.
     Raises `ExportError` naming the layer and the cause when conversion fails or crashes.
     """
     check_model(qat_model, "qat_model")
@@ -419,4 +528,4 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, max_sampl
         raise ValueError("export_tflite needs a representative_dataset to calibrate activation ranges.")
     float_model = baked_float_model(qat_model)
     return convert(float_model, representative_dataset, int8_io=int8_io, max_samples=max_samples,
-                   timeout=timeout, float_model=float_model)
+                   timeout=timeout, progress=progress, float_model=float_model)
