@@ -21,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from lstm_transforms._keras import keras, tf  # noqa: E402
-from lstm_transforms.transforms import rewrite  # noqa: E402
+from lstm_transforms.transforms import RULES, graph, rewrite  # noqa: E402
+from lstm_transforms.transforms.pattern import apply_rules  # noqa: E402
 
 L = keras.layers
 
@@ -75,6 +76,12 @@ def main():
         best = min(timed(lambda: rewrite(model))[0] for _ in range(args.repeats))
         per_layer[n] = best / len(model.layers)
         print(f"  {len(model.layers):5d} layers: {best:7.3f} s total, {1e3 * per_layer[n]:.3f} ms/layer")
+        t_graph, g = timed(lambda: graph.from_model(model))
+        t_rules, _ = timed(lambda: apply_rules(g, RULES))
+        t_build, _ = timed(lambda: graph.to_model(g))
+        n_layers = len(model.layers)
+        print(f"      split, ms/layer: to graph {1e3 * t_graph / n_layers:.3f}, match+trace rules "
+              f"{1e3 * t_rules / n_layers:.3f}, rebuild (tf-keras layer calls) {1e3 * t_build / n_layers:.3f}")
         keras.backend.clear_session()
     print(f"  ms/layer ratio 1600 vs 400: {per_layer[1600] / per_layer[400]:.2f} (1.0 = linear)")
 
