@@ -77,7 +77,8 @@ class _QuantizedCellMixin:
         self.quant_output_min = add("quant_output_min", lo)
         self.quant_output_max = add("quant_output_max", hi)
         if "cell_state" in self.STATISTICS:
-            self.quant_cell_max_abs = add("quant_cell_max_abs", self._quant["quant_cell_clip"])
+            # Start wide (the clip, or 16 unclipped) so early states are not clamped while learning.
+            self.quant_cell_max_abs = add("quant_cell_max_abs", self._quant["quant_cell_clip"] or 16.0)
         self.quant_observed = add("quant_observed", 0.0)
         self._stats_sink = None
 

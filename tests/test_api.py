@@ -92,8 +92,8 @@ def test_original_model_untouched():
 def test_weights_are_copied():
     model = _lstm_gru_model()
     qat = lt.quantize_model(model)
-    lstm = [l for l in qat.layers if isinstance(getattr(l, "layer", None), L.LSTM)][0].layer
-    copied = {w.name.split("/")[-1]: w.numpy() for w in lstm.weights}
+    wrapper = [l for l in qat.layers if isinstance(getattr(l, "layer", None), L.LSTM)][0]
+    copied = {w.name.split("/")[-1]: w.numpy() for w in wrapper.weights}
     for original in model.layers[1].weights:
         np.testing.assert_array_equal(original.numpy(), copied[original.name.split("/")[-1]])
 

@@ -1,0 +1,62 @@
+"""Quantizer arithmetic against numpy references."""
+
+import numpy as np
+import pytest
+
+from lstm_transforms._keras import tf
+from lstm_transforms.quantizers import (
+    PerGateWeightQuantizer,
+    fake_quant_fixed_unit,
+    fake_quant_power_of_two,
+    power_of_two_bound,
+)
+
+
+@pytest.mark.parametrize("num_gates,bits", [(4, 8), (3, 8), (1, 8), (4, 4)])
+def test_per_gate_scale_is_max_abs_of_each_block(num_gates, bits):
+    rng = np.random.default_rng(0)
+    units = 5
+    kernel = rng.standard_normal((7, num_gates * units)).astype("float32")
+    kernel[:, :units] *= 10.0  # gate 0 has a much larger range than the others
+    q = PerGateWeightQuantizer(num_gates, bits)(tf.constant(kernel), True, {}).numpy()
+    levels = 2 ** (bits - 1) - 1
+    for g in range(num_gates):
+        block = kernel[:, g * units : (g + 1) * units]
+        scale = np.abs(block).max() / levels
+        expected = np.clip(np.round(block / scale), -levels, levels) * scale
+        np.testing.assert_allclose(q[:, g * units : (g + 1) * units], expected, rtol=1e-5, atol=1e-6 * scale)
+    if num_gates > 1 and bits == 8:
+        # One shared scale would have flattened the small gates: per-gate keeps them distinct.
+        assert len(np.unique(q[:, units : 2 * units])) > 10
+
+
+def test_per_gate_gradient_is_straight_through():
+    kernel = tf.Variable(np.random.default_rng(1).standard_normal((3, 8)).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(PerGateWeightQuantizer(4)(kernel, True, {}) * 2.0)
+    np.testing.assert_allclose(tape.gradient(loss, kernel).numpy(), 2.0)
+
+
+def test_per_gate_rejects_indivisible_kernel():
+    with pytest.raises(ValueError, match="gate blocks"):
+        PerGateWeightQuantizer(4).build((3, 10), "kernel", tf.keras.layers.Layer(name="lstm"))
+
+
+def test_fixed_unit_grid_is_power_of_two():
+    x = tf.constant(np.linspace(-1.2, 1.2, 1001, dtype="float32"))
+    q = fake_quant_fixed_unit(x, 16).numpy()
+    np.testing.assert_allclose(q * 2**15, np.round(q * 2**15), atol=1e-3)
+    assert q.min() == -1.0 and q.max() == pytest.approx(1 - 2**-15)
+
+
+@pytest.mark.parametrize("max_abs,bound", [(0.3, 0.5), (1.0, 1.0), (3.7, 4.0), (10.0, 16.0)])
+def test_power_of_two_bound(max_abs, bound):
+    assert float(power_of_two_bound(tf.constant(max_abs))) == bound
+
+
+def test_power_of_two_cell_state_quantization():
+    c = tf.constant(np.linspace(-5, 5, 999, dtype="float32"))
+    q = fake_quant_power_of_two(c, tf.constant(3.0), 16).numpy()
+    scale = 4.0 / 2**15
+    np.testing.assert_allclose(q / scale, np.round(q / scale), atol=1e-3)
+    assert q.max() <= 4.0 and q.min() >= -4.0
