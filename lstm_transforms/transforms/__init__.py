@@ -5,7 +5,9 @@
 
 - a `Lambda` / `TFOpLambda` / `SlicingOpLambda` that only moves elements (squeeze, expand_dims,
   reshape, transpose, identity, one-index slice) becomes `Reshape`, `Permute` or `IndexSlice`;
-- a nested functional model is flattened into the outer graph.
+- a nested functional model is flattened into the outer graph;
+- a single-input `TFOpLambda` that computes (``tf.nn.relu(x)``) is wrapped in a `Lambda`, so that
+  it gets the same treatment as a non-shape `Lambda` (below) instead of tfmot's "not supported".
 
 **Non-shape `Lambda` layers (decision).** A `Lambda` (or `TFOpLambda`) that computes with its
 values (``x * 2``, ``tf.nn.relu``) is kept, cloned from its live function object (nothing is ever
@@ -26,14 +28,14 @@ import warnings
 from lstm_transforms._keras import check_model, keras
 from lstm_transforms.transforms import graph
 from lstm_transforms.transforms.pattern import Rule, apply_rules, find_matches
-from lstm_transforms.transforms.rules import nested_model, shape_lambda, tf_op_lambda
+from lstm_transforms.transforms.rules import float_op_lambda, nested_model, shape_lambda, tf_op_lambda
 from lstm_transforms.transforms.rules._shape_rule import node_analysis
 
 __all__ = ["rewrite", "clone_scope", "RULES", "Rule", "FloatLambdaWarning", "needs_rewrite", "find_matches",
            "apply_rules"]
 
 #: The rules `rewrite` applies, in order (data: add or reorder freely).
-RULES = (nested_model.RULE, shape_lambda.RULE, tf_op_lambda.RULE)
+RULES = (nested_model.RULE, shape_lambda.RULE, tf_op_lambda.RULE, float_op_lambda.RULE)
 
 _REWRITABLE = (keras.layers.Lambda, keras.Model)
 
@@ -68,7 +70,8 @@ def rewrite(model, rules=RULES) -> keras.Model:
     g = graph.from_model(model)
     counts = apply_rules(g, rules)
     leftovers = [(n, d) for n, d in g.nodes(data=True)
-                 if "new_layer" not in d and d["class_name"] in ("Lambda", "TFOpLambda", "SlicingOpLambda")]
+                 if d["class_name"] in ("Lambda", "TFOpLambda", "SlicingOpLambda")
+                 and ("new_layer" not in d or d.get("float_fallback"))]
     for n, d in leftovers:
         warnings.warn(
             f"{d['class_name']} layer '{d['name']}' is not a pure shape operation "
@@ -97,13 +100,14 @@ def _lambdas(model):
 def clone_scope(model):
     """Let `keras.models.clone_model` / `Model.from_config` copy the `Lambda` layers of `model`.
 
-    While active, `Lambda.from_config` recognizes a config whose name and serialized function are
-    those of a `Lambda` in `model`, and builds the copy from that layer's live function object.
+    While active, `Lambda.from_config` recognizes a config whose name and serialized function code
+    are those of a `Lambda` in `model`, and builds the copy from that layer's live function object
+    (no code from the config is ever run).
     Every other Lambda config goes through the stock path (so safe mode still refuses unknown
     Python lambdas). A no-op when `model` has no `Lambda`. The patch is process-wide while the
     scope is open: do not clone unrelated models from other threads meanwhile.
     """
-    known = {name: (layer, layer.get_config()["function"]) for name, layer in _lambdas(model).items()}
+    known = {name: (layer, _code(layer.get_config()["function"])) for name, layer in _lambdas(model).items()}
     if not known:
         yield
         return
@@ -112,7 +116,7 @@ def clone_scope(model):
 
     def from_config(cls, config, custom_objects=None):
         entry = known.get(config.get("name"))
-        if entry is not None and config.get("function") == entry[1]:
+        if entry is not None and _code(config.get("function")) == entry[1]:
             layer = entry[0]
             kwargs = {k: v for k, v in config.items() if k not in _LAMBDA_FUNCTION_KEYS}
             return cls(layer.function, output_shape=layer._output_shape, mask=layer.mask,  # noqa: SLF001
@@ -124,6 +128,17 @@ def clone_scope(model):
         yield
     finally:
         lambda_cls.from_config = original
+
+
+def _code(function_config):
+    """The serialized bytecode (or registered name) of a Lambda's function, without its closure.
+
+    Closure values are copied along with configs (so they never compare equal); the copy is built
+    from the live function anyway, so name + code identify it without running any of the config.
+    """
+    if isinstance(function_config, (list, tuple)) and function_config:
+        return function_config[0]
+    return function_config
 
 
 _LAMBDA_FUNCTION_KEYS = frozenset({

@@ -120,3 +120,22 @@ def test_clone_scope_covers_a_lambda_the_user_annotated(extra_scheme):
     with clone_scope(annotated), tfq.quantize_scope():
         quantized = tfq.quantize_apply(annotated, scheme=extra_scheme)
     assert isinstance(quantized.get_layer("quant_double"), tfq.QuantizeWrapperV2)
+
+
+def test_computing_tf_ops_stay_float_and_the_rest_quantizes(extra_scheme, checks):
+    i = keras.Input((6, 4))
+    x = L.Dense(4)(i)
+    x = tf.nn.relu(x) * 2.0  # two computing TFOpLambdas
+    model = keras.Model(i, L.Dense(2)(x[:, -1]))
+    with pytest.warns(FloatLambdaWarning) as record:
+        rewritten = rewrite(model)
+    named = " ".join(str(w.message) for w in record)
+    assert "'tf.nn.relu'" in named and "'tf.math.multiply'" in named
+    checks.same_outputs(model, rewritten, np.random.rand(3, 6, 4).astype("float32"))
+    with pytest.raises(RuntimeError, match="not supported"):
+        tfq.quantize_apply(tfq.quantize_annotate_model(model), scheme=extra_scheme)  # stock: TFOpLambda
+    quantized = _quantize(rewritten, extra_scheme)
+    assert type(quantized.get_layer("tf.nn.relu")) is L.Lambda
+    assert sum(isinstance(layer, tfq.QuantizeWrapperV2) for layer in quantized.layers) == 3
+    quantized.compile("adam", "mse")
+    quantized.fit(np.random.rand(4, 6, 4), np.random.rand(4, 2), verbose=0)
