@@ -8,6 +8,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_scheme
 
 from lstm_transforms._keras import check_model
+from lstm_transforms.registry import check_cells, is_recurrent
 from lstm_transforms.scheme import RNNQuantizeScheme
 from lstm_transforms.serialization import quantize_scope
 
@@ -48,6 +49,9 @@ def _scheme_for(scheme):
 def quantize_annotate_model(to_annotate):
     """tfmot's `quantize_annotate_model`, after lstm_transforms' graph rewrites."""
     check_model(to_annotate, "to_annotate")
+    for layer in to_annotate.layers:  # fail before tfmot's clone can fail on an unknown cell class
+        if is_recurrent(layer):
+            check_cells(layer)
     rewritten = _rewrite(to_annotate)
     with _cloning(rewritten):
         return _STOCK["quantize_annotate_model"](rewritten)

@@ -80,7 +80,11 @@ class _QuantizedCellMixin:
             # Start wide (the clip, or 16 unclipped) so early states are not clamped while learning.
             self.quant_cell_max_abs = add("quant_cell_max_abs", self._quant["quant_cell_clip"] or 16.0)
         self.quant_observed = add("quant_observed", 0.0)
-        self._stats_sink = None
+        self.collect_statistics(None)
+
+    def collect_statistics(self, sink):
+        """Append (cell, statistic, tensor) to `sink` (a list) on every call; None stops it."""
+        object.__setattr__(self, "_stats_sink", sink)  # a plain attribute, not a tracked list
 
     # -- quantization points ---------------------------------------------------------------
     def _quantize_gate(self, x, activation):

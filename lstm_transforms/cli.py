@@ -58,7 +58,9 @@ def _quantizer_text(quantizer):
 
 
 def _is_wrapper(layer):
-    return type(layer).__name__ in ("QuantizeWrapperV2", "QuantizeWrapper")
+    from lstm_transforms.export import _is_quantize_wrapper
+
+    return _is_quantize_wrapper(layer)
 
 
 def _describe_wrapper(w):
@@ -115,7 +117,7 @@ def quantization_plan(model):
             rows.append((layer.layer.name, type(layer.layer).__name__, "quantized", _describe_wrapper(layer)))
         elif cls == "InputLayer":
             rows.append((layer.name, cls, "skipped", ["model input (quantized by the QuantizeLayer after it)"]))
-        elif cls == "QuantizeLayer":
+        elif cls == "QuantizeLayer" or "QuantizeLayer" in [c.__name__ for c in type(layer).__mro__]:
             rows.append((layer.name, cls, "quantized", ["input: int8 per-tensor (asymmetric)"]))
         elif layer.name in by_inner:
             rows.append((layer.name, cls, "quantized", _describe_wrapper(by_inner[layer.name])))

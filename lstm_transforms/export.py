@@ -45,6 +45,8 @@ import threading
 import numpy as np
 
 from lstm_transforms._keras import check_model, keras, tf
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as _tfmot_quantize_layer
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as _tfmot_wrapper
 
 __all__ = ["export_tflite", "convert", "baked_float_model", "ExportError", "FakeQuant"]
 
@@ -164,11 +166,12 @@ def _baked_weights(source, new_layer):
 
 
 def _is_quantize_wrapper(layer):
-    return type(layer).__name__ in ("QuantizeWrapperV2", "QuantizeWrapper")
+    """tfmot's QuantizeWrapper/QuantizeWrapperV2 or any subclass (e.g. the masking-safe wrapper)."""
+    return isinstance(layer, _tfmot_wrapper.QuantizeWrapper)
 
 
 def _is_quantize_layer(layer):
-    return type(layer).__name__ == "QuantizeLayer"
+    return isinstance(layer, _tfmot_quantize_layer.QuantizeLayer)
 
 
 def _time_dim(layer):

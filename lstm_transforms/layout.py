@@ -1,7 +1,9 @@
-"""Layout transform: swap recurrent layers for their quantized subclasses before wrapping.
+"""Layout transform: swap recurrent layers for their quantized subclasses, then wrap them.
 
 Runs after tfmot's own layout transform (Conv/BN folding etc.). Only layers the user annotated
 without a QuantizeConfig of their own are swapped; every other layer object is reused as is.
+Recurrent and mask-carrying layers are wrapped here in ``MaskingQuantizeWrapper`` (a
+``QuantizeWrapperV2``); tfmot's ``quantize_apply`` keeps wrappers it finds and wraps the rest.
 """
 
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layout_transform import (
@@ -89,11 +91,23 @@ def swap_recurrent_layers(model, layer_names, options):
 
 
 class MaskingQuantizeWrapper(QuantizeWrapperV2):
-    """tfmot's QuantizeWrapperV2 that keeps the wrapped layer's Keras mask (tfmot's drops it)."""
+    """tfmot's QuantizeWrapperV2, made safe for recurrent and masking layers.
+
+    * keeps the wrapped layer's Keras mask (tfmot's wrapper drops it, so an LSTM after a
+      quantized ``Embedding(mask_zero=True)`` would run over the padding);
+    * builds the wrapped layer before collecting its weights, so the weight order is the same
+      when the model is created and when it is loaded again (tfmot's order depends on whether
+      the inner layer was already built, which breaks ``.h5`` loading of multi-cell layers).
+    """
 
     def __init__(self, layer, quantize_config, name_prefix="quant_", **kwargs):
         super().__init__(layer, quantize_config, name_prefix=name_prefix, **kwargs)
         self.supports_masking = True
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        super().build(input_shape)
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
@@ -106,15 +120,14 @@ def _carries_mask(layer):
         return any(getattr(node.outputs, "_keras_mask", None) is not None for node in layer._inbound_nodes)
 
 
-def wrap_masking_layers(model, layer_quantize_map, registry):
-    """Wrap annotated layers that produce or pass on a mask in MaskingQuantizeWrapper now."""
+def wrap_layers(model, layer_quantize_map, registry):
+    """Wrap annotated recurrent layers, and layers that produce or pass on a mask, right now."""
     names = {
         layer.name
         for layer in model.layers
         if layer.name in layer_quantize_map
         and not isinstance(layer, keras.layers.InputLayer)
-        and not is_recurrent(layer)
-        and _carries_mask(layer)
+        and (is_recurrent(layer) or _carries_mask(layer))
     }
     if not names:
         return model
@@ -151,4 +164,4 @@ class RNNLayoutTransform(QuantizeLayoutTransform):
             names.add(layer.name)
         if names:
             model = swap_recurrent_layers(model, names, self.quant_options)
-        return wrap_masking_layers(model, layer_quantize_map, self.registry), layer_quantize_map
+        return wrap_layers(model, layer_quantize_map, self.registry), layer_quantize_map

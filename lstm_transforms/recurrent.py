@@ -84,7 +84,7 @@ class _QuantizedLoopMixin:
         def step(step_inputs, states):
             sink = []
             for cell in cells:
-                cell._stats_sink = sink
+                cell.collect_statistics(sink)
             try:
                 if constants:
                     consts, states = states[-self._num_constants :], states[: -self._num_constants]
@@ -93,7 +93,7 @@ class _QuantizedLoopMixin:
                     output, new_states = self.cell(step_inputs, states, **kwargs)
             finally:
                 for cell in cells:
-                    cell._stats_sink = None
+                    cell.collect_statistics(None)
             if not tf.nest.is_nested(new_states):
                 new_states = [new_states]
             layout[:] = [(cell, key, value.shape[-1]) for cell, key, value in sink]

@@ -46,8 +46,6 @@ def register_cell(cell_class, quantize_config):
     """
     if not (isinstance(cell_class, type) and issubclass(cell_class, keras.layers.Layer)):
         raise TypeError(f"register_cell expects a tf-keras Layer subclass (an RNN cell), got {cell_class!r}")
-    if not hasattr(cell_class, "state_size") and "state_size" not in dir(cell_class):
-        raise TypeError(f"{cell_class.__name__} has no `state_size`: it is not an RNN cell")
     if not isinstance(quantize_config, QuantizeConfig):
         raise TypeError(
             f"register_cell({cell_class.__name__}, ...) expects a tfmot QuantizeConfig instance, "

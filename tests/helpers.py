@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapperV2
+
 from lstm_transforms._keras import keras
 from lstm_transforms.cells import _QuantizedCellMixin
 from lstm_transforms.recurrent import cells_of
@@ -35,7 +37,7 @@ def assert_recurrent_quantized(model, x, expected_layers=1):
     assert len(wrappers) == expected_layers, [type(l).__name__ for l in model.layers]
     reference = _as_list(model(x, training=False))
     for wrapper in wrappers:
-        assert type(wrapper).__name__ == "QuantizeWrapperV2"
+        assert isinstance(wrapper, QuantizeWrapperV2)
         for cell in cells_of(wrapper.layer):
             assert isinstance(cell, _QuantizedCellMixin), type(cell)
             assert cell.full_quantization
