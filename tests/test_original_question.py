@@ -1,0 +1,71 @@
+"""The model from the original question goes through install() + stock tfmot quantize_model."""
+
+import numpy as np
+import pytest
+import tensorflow_model_optimization as tfmot
+
+import lstm_transforms as lt
+from lstm_transforms._keras import keras, tf
+from tests.helpers import assert_recurrent_quantized, calibrate
+
+L = keras.layers
+K = keras.backend
+
+
+def _squeeze_variants():
+    return {
+        "K.squeeze Lambda": lambda x: L.Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim")(x),
+        "tf.squeeze": lambda x: tf.squeeze(x, -1),
+        "slice": lambda x: x[..., 0],
+        "Reshape": lambda x: L.Reshape((32, 32))(x),
+    }
+
+
+def question_model(squeeze):
+    """Exactly the original question's model, with the squeeze written four ways."""
+    i = keras.Input(shape=(32, 32, 1))
+    x = L.Conv2D(1, (5, 1), activation="relu", padding="same")(i)
+    x = L.BatchNormalization()(x)
+    x = squeeze(x)
+    x = L.LSTM(64, return_sequences=True)(x)
+    x = L.Flatten()(x)
+    x = L.Dense(64, activation="relu")(x)
+    o = L.Dense(12, activation="softmax")(x)
+    return keras.Model(i, o)
+
+
+@pytest.fixture
+def installed():
+    lt.install()
+    yield
+    lt.uninstall()
+
+
+@pytest.mark.parametrize("variant", list(_squeeze_variants()))
+def test_stock_quantize_model_after_install(installed, variant):
+    model = question_model(_squeeze_variants()[variant])
+    qat = tfmot.quantization.keras.quantize_model(model)
+
+    inner = [type(getattr(layer, "layer", layer)).__name__ for layer in qat.layers]
+    assert not {"Lambda", "TFOpLambda", "SlicingOpLambda"} & set(inner), inner
+    bn = [layer for layer in qat.layers if isinstance(getattr(layer, "layer", None), L.BatchNormalization)]
+    assert len(bn) == 1 and bn[0].quantize_config.get_output_quantizers(bn[0].layer)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 32, 32, 1)).astype("float32")
+    y = rng.integers(0, 12, 16)
+    calibrate(qat, x)
+    assert_recurrent_quantized(qat, x)
+    np.testing.assert_allclose(qat(x).numpy(), model(x).numpy(), atol=0.05)
+
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in qat.trainable_weights]
+    loss = qat.fit(x, y, epochs=1, batch_size=8, verbose=0).history["loss"][0]
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, qat.trainable_weights))
+
+
+def test_stock_tfmot_fails_on_it_without_install():
+    model = question_model(_squeeze_variants()["Reshape"])
+    with pytest.raises((RuntimeError, ValueError)):
+        tfmot.quantization.keras.quantize_model(model)
