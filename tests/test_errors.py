@@ -1,0 +1,237 @@
+"""One test per row of the error table in docs/errors.md: each input lstm_transforms cannot handle
+gets a precise exception whose message names the offending object and the fix.
+
+Nothing is silently left in float: a recurrent layer that cannot be quantized is an error, never a
+warning (the only warning is for non-recurrent, non-shape `Lambda` layers, last row).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import lstm_transforms as lt
+from lstm_transforms._keras import keras, tf
+from lstm_transforms.export import ExportError
+
+L = keras.layers
+T, F = 6, 5
+
+
+def _x(n=4, t=T, f=F):
+    return np.random.default_rng(0).standard_normal((n, t, f)).astype("float32")
+
+
+def _functional(layer, shape=(T, F), name=None):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, layer(inputs), name=name)
+
+
+class PlainCell(L.Layer):
+    """A minimal user RNN cell that is never registered."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight("kernel", (input_shape[-1], self.units))
+
+    def call(self, inputs, states):
+        h = tf.matmul(inputs, self.kernel) + states[0]
+        return h, [h]
+
+
+# --- What kind of model -------------------------------------------------------------------------
+
+
+def test_none_model():
+    with pytest.raises(ValueError, match=r"`model` is None: only tf-keras functional and Sequential models"):
+        lt.quantize_model(None)
+
+
+def test_a_layer_instead_of_a_model():
+    with pytest.raises(ValueError, match=r"got LSTM\. Only functional and Sequential models.*wrap a single layer"):
+        lt.quantize_model(L.LSTM(4))
+
+
+def test_subclassed_model():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = L.LSTM(4)
+
+        def call(self, x):
+            return self.rnn(x)
+
+    model = Sub()
+    model(_x())
+    with pytest.raises(ValueError, match=r"subclassed model \(Sub\).*Rebuild it with keras\.Input"):
+        lt.quantize_model(model)
+
+
+def test_unbuilt_sequential():
+    with pytest.raises(ValueError, match=r"not built: call `model\.build\(input_shape\)` or give it an Input"):
+        lt.quantize_model(keras.Sequential([L.LSTM(4)]))
+
+
+def test_keras3_model():
+    keras3 = pytest.importorskip("keras")
+    if not keras3.__version__.startswith("3."):
+        pytest.skip("Keras 3 not installed")
+    inputs = keras3.Input((T, F))
+    model = keras3.Model(inputs, keras3.layers.LSTM(4)(inputs))
+    with pytest.raises(ValueError, match=r"is a Keras 3 model .*Build it with tf-keras: `import tf_keras as keras`"):
+        lt.quantize_model(model)
+
+
+# --- Recurrent layers we cannot quantize --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, layer_name",
+    [
+        pytest.param(lambda: L.RNN(PlainCell(4), name="my_rnn"), "my_rnn", id="rnn"),
+        pytest.param(lambda: L.Bidirectional(L.RNN(PlainCell(4)), name="my_bidi"), "my_bidi", id="bidirectional"),
+        pytest.param(lambda: L.RNN(L.StackedRNNCells([L.LSTMCell(3), PlainCell(4)]), name="my_stack"), "my_stack",
+                     id="stacked"),
+    ],
+)
+def test_unregistered_custom_cell(make, layer_name):
+    with pytest.raises(lt.UnsupportedLayerError) as info:
+        lt.quantize_model(_functional(make()))
+    message = str(info.value)
+    assert f"'{layer_name}'" in message and "PlainCell" in message
+    assert "lstm_transforms.register_cell(PlainCell, YourQuantizeConfig())" in message
+
+
+@pytest.mark.parametrize(
+    "make, shape, cell",
+    [
+        pytest.param(lambda: L.ConvLSTM2D(2, 3, name="conv_rnn"), (4, 8, 8, 1), "ConvLSTMCell", id="convlstm2d"),
+        pytest.param(lambda: L.ConvLSTM1D(2, 3, name="conv_rnn"), (4, 8, 1), "ConvLSTMCell", id="convlstm1d"),
+    ],
+)
+def test_conv_lstm(make, shape, cell):
+    with pytest.raises(lt.UnsupportedLayerError) as info:
+        lt.quantize_model(_functional(make(), shape))
+    message = str(info.value)
+    assert "'conv_rnn'" in message and cell in message and f"register_cell({cell}" in message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug (/tmp/lt/core_bugs.md, 'TimeDistributed(LSTM) gets a misleading error'): the message "
+    "tells the user to use RNNQuantizeScheme, which they already do, and does not name the TimeDistributed layer",
+)
+def test_time_distributed_recurrent_layer():
+    model = _functional(L.TimeDistributed(L.LSTM(3), name="per_window"), (3, T, F))
+    with pytest.raises(lt.UnsupportedLayerError) as info:
+        lt.quantize_model(model)
+    message = str(info.value)
+    assert "'per_window'" in message and "TimeDistributed" in message
+    assert "RNNQuantizeScheme" not in message
+
+
+# --- Scheme and registration arguments ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weight_bits": 1}, r"weight_bits must be in \[2, 8\], got 1"),
+        ({"weight_bits": 16}, r"weight_bits must be in \[2, 8\], got 16"),
+        ({"activation_bits": 17}, r"activation_bits must be in \[2, 16\], got 17"),
+        ({"gate_bits": 1}, r"gate_bits must be in \[2, 16\], got 1"),
+        ({"state_bits": 32}, r"state_bits must be in \[2, 16\], got 32"),
+        ({"cell_clip": -1.0}, r"cell_clip must be >= 0, got -1"),
+        ({"ema_decay": 1.0}, r"ema_decay must be in \(0, 1\), got 1\.0"),
+    ],
+)
+def test_bad_scheme_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lt.RNNQuantizeScheme(**kwargs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug (/tmp/lt/core_bugs.md, 'scheme of the wrong type gives an AttributeError')",
+)
+def test_scheme_of_the_wrong_type():
+    with pytest.raises(TypeError, match=r"QuantizeScheme"):
+        lt.quantize_model(_functional(L.LSTM(4)), scheme="8bit")
+
+
+def test_register_cell_with_a_non_layer():
+    with pytest.raises(TypeError, match=r"register_cell expects a tf-keras Layer subclass \(an RNN cell\)"):
+        lt.register_cell(object, None)
+
+
+def test_register_cell_with_a_non_config():
+    with pytest.raises(TypeError, match=r"register_cell\(PlainCell, \.\.\.\) expects a tfmot QuantizeConfig instance"):
+        lt.register_cell(PlainCell, object())
+    assert PlainCell not in lt.registered_cells()
+
+
+# --- Loading ------------------------------------------------------------------------------------
+
+
+def test_loading_without_quantize_scope(tmp_path):
+    qat = lt.quantize_model(_functional(L.LSTM(4)))
+    path = str(tmp_path / "qat.h5")
+    qat.save(path)
+    with pytest.raises(ValueError, match=r"Unknown layer: 'QuantizeLayer'.*custom_object_scope"):
+        keras.models.load_model(path)
+    with lt.quantize_scope():  # the fix
+        keras.models.load_model(path)
+
+
+# --- Export -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rnn", ["GRU", "SimpleRNN"])
+def test_export_unfixed_time_dimension(rnn):
+    qat = lt.quantize_model(_functional(getattr(L, rnn)(4, name="rnn_layer"), (None, F)))
+    with pytest.raises(ExportError) as info:
+        lt.export_tflite(qat, _x())
+    message = str(info.value)
+    assert f"Layer 'rnn_layer' ({rnn}) has a time dimension of None" in message
+    assert "keras.Input(shape=(T, features))" in message
+
+
+def test_export_without_representative_dataset():
+    qat = lt.quantize_model(_functional(L.LSTM(4)))
+    with pytest.raises(ValueError, match=r"needs a representative_dataset"):
+        lt.export_tflite(qat, None)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        pytest.param(lambda: _x(t=T + 1), r"input 0 has sample shape \(7, 5\); the model expects \(6, 5\)", id="shape"),
+        pytest.param(lambda: _x(n=0), r"representative_dataset is empty", id="empty"),
+        pytest.param(lambda: [_x(), _x()], r"representative_dataset has 2 arrays; the model has 1 inputs", id="count"),
+    ],
+)
+def test_export_bad_representative_dataset(data, message):
+    qat = lt.quantize_model(_functional(L.LSTM(4)))
+    with pytest.raises(ValueError, match=message):
+        lt.export_tflite(qat, data())
+
+
+# --- Not an error: the one documented warning ---------------------------------------------------
+
+
+def test_non_shape_lambda_warns_and_the_rest_quantizes():
+    from lstm_transforms.transforms import FloatLambdaWarning
+
+    inputs = keras.Input((T, F))
+    h = L.Lambda(lambda t: t * 2.0, name="double")(inputs)
+    model = keras.Model(inputs, L.LSTM(4)(h))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qat = lt.quantize_model(model)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FloatLambdaWarning)]
+    assert messages and "'double'" in messages[0] and "QuantizeConfig" in messages[0]
+    assert any("LSTM" in type(getattr(layer, "layer", layer)).__name__ for layer in qat.layers)
