@@ -21,13 +21,26 @@ picks itself (one scale per gate matrix for LSTM, per output channel for Conv, p
 per-channel Dense quantization is switched off to match tfmot), the int8 weights in the flatbuffer
 dequantize to the QAT weights (`tflite_utils.weights` / tests check it, gate by gate).
 
-**Which ranges come from where.** Weights and their scales: from QAT (exactly, see above). Biases:
-int32 at scale `input_scale * weight_scale`, derived by the converter. Activation ranges (layer
-inputs/outputs, the LSTM hidden state) come from **calibration** on `representative_dataset`, run
-on the baked model, not from the ranges QAT learned: the converter's full-int8 path offers no way to
-impose them on a fused LSTM. The integer LSTM's internal int16 gate and cell-state scales are fixed
-by the kernel (gates [-1, 1), cell state a power of two from calibration), which is what the QAT
-cells simulate.
+**Which ranges come from where.**
+
+- Weights and their scales: from QAT, exactly, when the QAT range is the weights' current max-abs.
+  That always holds for the per-gate recurrent quantizers (they compute it from the weights). tfmot's
+  `LastValueQuantizer` (Dense, Conv) stores the range seen at the last *training* step; if a weight's
+  max-abs shrank after that step the converter re-grids that tensor (error at most half a step).
+- Biases: int32 at scale `input_scale * weight_scale`. The converter sometimes quantizes a bias with
+  a stale input scale when fixed and calibrated ranges are mixed (seen on the fused LSTM: 1.56x);
+  the worker re-expresses every such bias at the right scale (`_convert_worker.requantize_biases`).
+- Activation ranges learned in QAT are kept (as fixed `FakeQuant` ops the converter honours) for the
+  model input (`QuantizeLayer`) and for outputs of non-recurrent layers (Conv, Dense, BatchNorm,
+  Add, ...), except where that output must share its scale with a recurrent output (Concatenate,
+  pooling, reshapes).
+- From **calibration** on `representative_dataset`: the outputs of recurrent layers (the LSTM hidden
+  state / output, the unrolled GRU/SimpleRNN steps, one range per step) and the layers tied to them.
+  The converter cannot fix both the input and the output range of a fused LSTM ("Failed to duplicate
+  values for the stateful op"); if it still rejects the QAT ranges, `export_tflite` warns and falls
+  back to calibrating every activation range (the weights stay the QAT weights).
+- Inside the integer LSTM: gate outputs are int16 on the fixed range [-1, 1), the cell state int16
+  with a power-of-two scale from calibration, clipped to +-10 (CellClip) — what the QAT cells simulate.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 
@@ -233,7 +247,9 @@ class FakeQuant(keras.layers.Layer):
         self.range_min, self.range_max = float(range_min), float(range_max)
         self.num_bits, self.narrow_range = int(num_bits), bool(narrow_range)
 
-    def call(self, inputs):
+    @tf.autograph.experimental.do_not_convert
+    def call(self, inputs, training=None):
+        del training  # the same at training and inference: a fixed range
         return tf.quantization.fake_quant_with_min_max_vars(
             inputs, self.range_min, self.range_max, num_bits=self.num_bits, narrow_range=self.narrow_range
         )
@@ -250,8 +266,11 @@ class WithFakeQuant(keras.layers.Layer):
         super().__init__(name=layer.name, **kwargs)
         self.layer, self.fake_quant = layer, fake_quant
 
-    def call(self, inputs, *args, **kwargs):
-        return self.fake_quant(self.layer(inputs, *args, **kwargs))
+    @tf.autograph.experimental.do_not_convert
+    def call(self, inputs, training=None, **kwargs):
+        if self.layer._call_spec.expects_training_arg:
+            kwargs["training"] = training
+        return self.fake_quant(self.layer(inputs, **kwargs))
 
 
 def _fake_quant_from(quantizer, quantizer_vars, name):
@@ -267,9 +286,11 @@ def _fake_quant_from(quantizer, quantizer_vars, name):
 
 def _output_fake_quant(layer):
     """The QAT range a wrapper applies to its output (output quantizer or post-activation), if any."""
-    if not _is_quantize_wrapper(layer) or _is_recurrent(layer.layer):
+    if not _is_quantize_wrapper(layer) or _is_recurrent(layer.layer) or _shares_scale_with_recurrent(layer):
         # A fused LSTM cannot have a fixed range on both its input and its output (the converter
-        # fails with "Failed to duplicate values for the stateful op"): recurrent outputs are calibrated.
+        # fails with "Failed to duplicate values for the stateful op"): recurrent outputs, and
+        # outputs of layers that must share their input's scale (Concatenate, pooling, ...) when
+        # that input is a recurrent output, are calibrated.
         return None
     name = layer.layer.name + "_fake_quant"
     if getattr(layer, "_output_quantizers", None):
@@ -278,6 +299,30 @@ def _output_fake_quant(layer):
     if type(act).__name__ == "QuantizeAwareActivation" and act._should_post_quantize():
         return _fake_quant_from(act.quantizer, act._post_activation_vars, name)
     return None
+
+
+# Layers whose TFLite op keeps (or forces) its input's quantization scale on its output.
+_SCALE_SHARING = ("Concatenate", "Reshape", "Flatten", "Permute", "Dropout", "MaxPooling1D", "MaxPooling2D",
+                  "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Cropping1D", "Cropping2D", "ZeroPadding1D",
+                  "ZeroPadding2D", "RepeatVector", "Activation", "Lambda", "TFOpLambda", "SlicingOpLambda",
+                  "QuantizeLayer", "SpatialDropout1D")
+
+
+def _inbound(layer):
+    return [inbound for node in layer._inbound_nodes for inbound in tf.nest.flatten(node.inbound_layers)]
+
+
+def _shares_scale_with_recurrent(layer, depth=0):
+    """Whether `layer`'s output scale is tied (through scale-sharing ops) to a recurrent layer's output."""
+    if depth > 50:
+        return False
+    for inbound in _inbound(layer):
+        inner = inbound.layer if _is_quantize_wrapper(inbound) else inbound
+        if _is_recurrent(inner):
+            return True
+        if type(inner).__name__ in _SCALE_SHARING and _shares_scale_with_recurrent(inbound, depth + 1):
+            return True
+    return False
 
 
 def _is_recurrent(layer):
@@ -468,6 +513,8 @@ def _run_worker(workdir, env, timeout, progress, name):
             for line in proc.stdout:
                 if progress and line.startswith("@@progress "):
                     done, total = (int(v) for v in line.split()[1:3])
+                    if not sys.stderr.isatty() and done != total:
+                        continue  # in a log file: only the final bar
                     width = 30
                     filled = int(width * done / max(total, 1))
                     sys.stderr.write(f"\rcalibration: [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
@@ -530,5 +577,17 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, max_sampl
     if representative_dataset is None:
         raise ValueError("export_tflite needs a representative_dataset to calibrate activation ranges.")
     float_model = baked_float_model(qat_model)
+    try:
+        return convert(float_model, representative_dataset, int8_io=int8_io, max_samples=max_samples,
+                       timeout=timeout, progress=progress, float_model=float_model)
+    except ExportError as e:
+        if "stateful op" not in str(e) or not any(isinstance(layer, FakeQuant) or isinstance(layer, WithFakeQuant)
+                                                  for layer in float_model.layers):
+            raise
+    # The converter could not combine a fixed QAT range with a fused LSTM here: calibrate every
+    # activation range instead (weights stay the QAT weights).
+    warnings.warn(f"'{qat_model.name}': the converter rejected the QAT activation ranges around a fused LSTM; "
+                  "exporting with every activation range calibrated instead.", stacklevel=2)
+    float_model = baked_float_model(qat_model, qat_ranges=False)
     return convert(float_model, representative_dataset, int8_io=int8_io, max_samples=max_samples,
                    timeout=timeout, progress=progress, float_model=float_model)

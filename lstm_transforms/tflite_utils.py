@@ -216,7 +216,7 @@ class _Bar:
         n = len(self.items)
         for i, item in enumerate(self.items):
             yield item
-            if (i + 1) % max(1, n // 50) == 0 or i + 1 == n:
+            if (i + 1 == n) or (sys.stderr.isatty() and (i + 1) % max(1, n // 50) == 0):
                 done = int(self.width * (i + 1) / max(n, 1))
                 sys.stderr.write(f"\r{self.desc}: [{'#' * done}{'.' * (self.width - done)}] {i + 1}/{n}")
                 sys.stderr.flush()
