@@ -219,6 +219,24 @@ def test_question_architecture_small():
     _assert_same_predictions(tflite_utils.predict(fb, x), qat.predict(x, verbose=0), 0.1)
 
 
+def test_multi_input_concat_with_lstm_falls_back_to_calibrated_ranges():
+    """A fixed range on a Concatenate fed by an LSTM ties the LSTM's output scale: the converter rejects
+    it, export_tflite warns and calibrates the activations instead (weights stay the QAT weights)."""
+    keras.utils.set_random_seed(6)
+    x, y = _data()
+    side = np.random.default_rng(1).normal(size=(len(x), 3)).astype(np.float32)
+    a, b = keras.Input((T, F)), keras.Input((3,))
+    h = L.Concatenate()([L.LSTM(8)(a), b])
+    qat = _qat(keras.Model([a, b], L.Dense(CLASSES, activation="softmax")(h)), [x, side], y)
+    with pytest.warns(UserWarning, match="calibrated"):
+        fb = export_tflite(qat, [x, side])
+    assert tflite_utils.op_names(fb).count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1
+    assert _integer_only(fb) == []
+    (gates,) = tflite_utils.lstm_gate_weights(fb)
+    _assert_gates_equal(gates, _qat_weight(qat, "lstm_cell/kernel"), _qat_weight(qat, "lstm_cell/recurrent_kernel"))
+    assert tflite_utils.predict(fb, [x, side]).shape == (len(x), CLASSES)
+
+
 def test_representative_dataset_forms():
     model = _model(lambda i: L.LSTM(2)(i))
     x, _ = _data(5)
