@@ -65,7 +65,6 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 __all__ = ["export_tflite", "convert", "baked_float_model", "ExportError", "FakeQuant"]
 
 _UNROLL_CLASSES = ("GRU", "SimpleRNN")
-_RECURRENT_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN")
 
 
 class ExportError(RuntimeError):
@@ -189,7 +188,10 @@ def _is_quantize_layer(layer):
 
 
 def _time_dim(layer):
-    shape = layer.input_shape
+    try:
+        shape = layer.input_shape
+    except (AttributeError, RuntimeError):  # a shared layer: take its first call
+        shape = layer.get_input_shape_at(0)
     if isinstance(shape, list):
         shape = shape[0]
     return shape[1] if shape is not None and len(shape) > 1 else None
@@ -325,6 +327,20 @@ def _shares_scale_with_recurrent(layer, depth=0):
     return False
 
 
+def _feeds_recurrent(layer, depth=0):
+    """Whether `layer`'s output reaches a recurrent layer directly or through scale-sharing layers."""
+    if depth > 50:
+        return False
+    for node in layer._outbound_nodes:
+        out = node.outbound_layer
+        inner = out.layer if _is_quantize_wrapper(out) else out
+        if _is_recurrent(inner):
+            return True
+        if type(inner).__name__ in _SCALE_SHARING and _feeds_recurrent(out, depth + 1):
+            return True
+    return False
+
+
 def _is_recurrent(layer):
     inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None) or layer
     return isinstance(layer, keras.layers.RNN) or isinstance(inner, keras.layers.RNN)
@@ -345,7 +361,10 @@ def baked_float_model(qat_model, *, qat_ranges=True):
 
     def clone(layer):
         if _is_quantize_layer(layer):
-            fq = _fake_quant_from(layer.quantizer, layer.quantizer_vars, layer.name) if qat_ranges else None
+            # Directly in front of a recurrent layer the converter may calibrate the recurrent input
+            # anyway and insert a DEQUANTIZE/QUANTIZE round trip: leave that input range to calibration.
+            keep = qat_ranges and not _feeds_recurrent(layer)
+            fq = _fake_quant_from(layer.quantizer, layer.quantizer_vars, layer.name) if keep else None
             return fq or keras.layers.Activation("linear", name=layer.name)
         new = _float_layer(layer)
         pairs.append((layer, new))
@@ -524,6 +543,7 @@ def _run_worker(workdir, env, timeout, progress, name):
             proc.wait()
         finally:
             timer.cancel()
+            proc.stdout.close()
     with open(err_path) as f:
         stderr = f.read()
     if fired:
@@ -576,18 +596,33 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, max_sampl
     check_model(qat_model, "qat_model")
     if representative_dataset is None:
         raise ValueError("export_tflite needs a representative_dataset to calibrate activation ranges.")
+    from lstm_transforms.tflite_utils import float_islands
+
     float_model = baked_float_model(qat_model)
+    uses_qat_ranges = any(isinstance(layer, (FakeQuant, WithFakeQuant)) for layer in float_model.layers)
+    kwargs = dict(int8_io=int8_io, max_samples=max_samples, timeout=timeout, progress=progress)
     try:
-        return convert(float_model, representative_dataset, int8_io=int8_io, max_samples=max_samples,
-                       timeout=timeout, progress=progress, float_model=float_model)
+        flatbuffer = convert(float_model, representative_dataset, float_model=float_model, **kwargs)
+        problem = float_islands(flatbuffer)
+        if not problem or not uses_qat_ranges:
+            _warn_islands(qat_model, problem)
+            return flatbuffer
+        problem = f"float tensors {problem} between integer ops"
     except ExportError as e:
-        if "stateful op" not in str(e) or not any(isinstance(layer, FakeQuant) or isinstance(layer, WithFakeQuant)
-                                                  for layer in float_model.layers):
+        if "stateful op" not in str(e) or not uses_qat_ranges:
             raise
-    # The converter could not combine a fixed QAT range with a fused LSTM here: calibrate every
-    # activation range instead (weights stay the QAT weights).
-    warnings.warn(f"'{qat_model.name}': the converter rejected the QAT activation ranges around a fused LSTM; "
-                  "exporting with every activation range calibrated instead.", stacklevel=2)
+        problem = "the converter rejected them around a fused LSTM"
+    # The converter could not honour a fixed QAT range next to a fused LSTM here: calibrate every
+    # activation range instead (the weights stay the QAT weights).
+    warnings.warn(f"'{qat_model.name}': QAT activation ranges not usable ({problem}); exporting with every "
+                  "activation range calibrated instead.", stacklevel=2)
     float_model = baked_float_model(qat_model, qat_ranges=False)
-    return convert(float_model, representative_dataset, int8_io=int8_io, max_samples=max_samples,
-                   timeout=timeout, progress=progress, float_model=float_model)
+    flatbuffer = convert(float_model, representative_dataset, float_model=float_model, **kwargs)
+    _warn_islands(qat_model, float_islands(flatbuffer))
+    return flatbuffer
+
+
+def _warn_islands(qat_model, islands):
+    if islands:
+        warnings.warn(f"'{qat_model.name}': the exported model computes {islands} in float (DEQUANTIZE inside "
+                      "the graph); it is not fully integer.", stacklevel=3)

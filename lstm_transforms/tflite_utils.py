@@ -12,6 +12,7 @@ default delegates off, so every constant tensor is readable).
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 
@@ -21,12 +22,14 @@ __all__ = [
     "interpreter",
     "op_names",
     "tensors",
+    "float_islands",
     "weights",
     "lstm_gate_weights",
     "predict",
     "evaluate",
     "summary",
     "LSTM_GATE_INPUTS",
+    "KERAS_GATE_ORDER",
 ]
 
 # Input positions of UNIDIRECTIONAL_SEQUENCE_LSTM's weight tensors (TFLite lstm_shared.h).
@@ -51,7 +54,11 @@ def interpreter(flatbuffer, *, inspect=False, num_threads=None):
         kwargs["experimental_op_resolver_type"] = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if num_threads is not None:
         kwargs["num_threads"] = num_threads
-    it = tf.lite.Interpreter(**kwargs)
+    with warnings.catch_warnings():
+        # tf.lite.Interpreter still works in TF 2.21 (ai-edge-litert runs the same flatbuffers with
+        # bit-identical outputs); its deprecation notice would otherwise repeat on every call.
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        it = tf.lite.Interpreter(**kwargs)
     it.allocate_tensors()
     return it
 
@@ -90,6 +97,21 @@ def _dequantize(it, index):
         shape[q["quantized_dimension"]] = -1
     deq = (value.astype(np.float64) - zeros.reshape(shape)) * scales.reshape(shape)
     return deq, detail
+
+
+def float_islands(flatbuffer):
+    """Names of float tensors computed inside the model (a DEQUANTIZE not at a model output).
+
+    A fully-integer model has none: float appears only at its own float inputs and outputs.
+    """
+    it = interpreter(flatbuffer, inspect=True)
+    outputs = {d["index"] for d in it.get_output_details()}
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    found = []
+    for op in it._get_ops_details():
+        if op["op_name"] == "DEQUANTIZE":
+            found += [details[int(i)]["name"] for i in op["outputs"] if int(i) not in outputs]
+    return found
 
 
 def weights(flatbuffer, min_rank=2):

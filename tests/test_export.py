@@ -67,7 +67,7 @@ def _integer_only(flatbuffer):
     io = {d["index"] for d in it.get_input_details() + it.get_output_details()}
     floats = [t["name"] for t in tflite_utils.tensors(flatbuffer)
               if t["dtype"].startswith("float") and t["index"] not in io and 0 not in t["shape"] and t["shape"]]
-    return floats
+    return floats + tflite_utils.float_islands(flatbuffer)
 
 
 def _assert_same_predictions(p_int8, p_qat, atol):
@@ -102,6 +102,17 @@ def test_lstm_fuses_is_integer_and_keeps_the_qat_weights_per_gate(lstm_case):
     it = tflite_utils.interpreter(fb)
     assert it.get_input_details()[0]["dtype"] == np.float32 and it.get_output_details()[0]["dtype"] == np.float32
     _assert_same_predictions(tflite_utils.predict(fb, x), qat.predict(x, verbose=0), 0.05)
+
+
+def test_input_range_in_front_of_an_lstm_leaves_no_float_round_trip():
+    # Regression: a fixed QAT input range straight into an LSTM made the converter calibrate the LSTM
+    # input anyway and insert QUANTIZE -> DEQUANTIZE -> QUANTIZE (a float tensor inside the model).
+    keras.utils.set_random_seed(1)
+    x = np.random.randn(48, 10, 4).astype(np.float32)
+    qat = _qat(_model(lambda i: L.LSTM(8)(i), shape=(10, 4)), x, np.arange(48) % CLASSES)
+    fb = export_tflite(qat, x)
+    assert tflite_utils.op_names(fb)[:2] == ["QUANTIZE", "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    assert _integer_only(fb) == []
 
 
 def test_int8_io(lstm_case):
@@ -219,22 +230,49 @@ def test_question_architecture_small():
     _assert_same_predictions(tflite_utils.predict(fb, x), qat.predict(x, verbose=0), 0.1)
 
 
-def test_multi_input_concat_with_lstm_falls_back_to_calibrated_ranges():
-    """A fixed range on a Concatenate fed by an LSTM ties the LSTM's output scale: the converter rejects
-    it, export_tflite warns and calibrates the activations instead (weights stay the QAT weights)."""
+def test_multi_input_concat_with_lstm():
+    """Concatenate ties its inputs' scales to the LSTM output: the export still fuses, is fully integer
+    and keeps the QAT weights (falling back to calibrated activation ranges, with a warning, if the
+    converter rejects the QAT ones)."""
     keras.utils.set_random_seed(6)
     x, y = _data()
     side = np.random.default_rng(1).normal(size=(len(x), 3)).astype(np.float32)
     a, b = keras.Input((T, F)), keras.Input((3,))
     h = L.Concatenate()([L.LSTM(8)(a), b])
     qat = _qat(keras.Model([a, b], L.Dense(CLASSES, activation="softmax")(h)), [x, side], y)
-    with pytest.warns(UserWarning, match="calibrated"):
-        fb = export_tflite(qat, [x, side])
+    fb = export_tflite(qat, [x, side])
     assert tflite_utils.op_names(fb).count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1
     assert _integer_only(fb) == []
     (gates,) = tflite_utils.lstm_gate_weights(fb)
     _assert_gates_equal(gates, _qat_weight(qat, "lstm_cell/kernel"), _qat_weight(qat, "lstm_cell/recurrent_kernel"))
+    # Known gap (not asserted): TFLite's int8 CONCATENATION forces one scale on all its inputs, so the
+    # LSTM output (and with it the hidden state) gets the wider range of the concatenated side input;
+    # the QAT model quantizes them separately. Outputs differ by up to ~0.4 here.
     assert tflite_utils.predict(fb, [x, side]).shape == (len(x), CLASSES)
+
+
+def test_fallback_to_calibrated_ranges_when_the_converter_rejects_qat_ranges(monkeypatch):
+    import lstm_transforms.export as export
+
+    keras.utils.set_random_seed(7)
+    x, y = _data()
+    qat = _qat(_model(lambda i: L.LSTM(4)(i)), x, y, epochs=1)
+    real = export.convert
+    calls = []
+
+    def flaky(model, *args, **kwargs):
+        calls.append(any(isinstance(layer, export.FakeQuant) for layer in model.layers))
+        if len(calls) == 1:
+            raise ExportError("Export of 'm' failed at layer(s) 'lstm' (LSTM): the TFLite converter failed: "
+                              "error: Failed to duplicate values for the stateful op.")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(export, "convert", flaky)
+    monkeypatch.setattr(export, "_feeds_recurrent", lambda layer, depth=0: False)  # keep the input range
+    with pytest.warns(UserWarning, match="calibrated instead"):
+        fb = export.export_tflite(qat, x)
+    assert calls == [True, False]  # first with QAT ranges, then without
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in tflite_utils.op_names(fb)
 
 
 def test_representative_dataset_forms():
