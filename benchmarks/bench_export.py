@@ -6,6 +6,12 @@ Prints, in one run, for each architecture: int8 flatbuffer bytes / float flatbuf
 requires <= 0.35) and int8 / float interpreter latency (median of batch-1 invocations, state reset
 before each, same interpreter settings; the aim is <= 1.0). The float model is the same graph
 (`baked_float_model`, GRU/SimpleRNN unrolled in both) converted without quantization.
+
+Reading the numbers: TFLite's integer LSTM kernel (int8 weights, int16 gates and cell state) is
+much slower on x86 than its float LSTM kernel (the same with `ai-edge-litert` 2.3.0), so the int8
+latency ratio of LSTM models is well above 1 here; it is meant for integer-only targets. Unrolled
+GRU/SimpleRNN int8 models carry one int32 bias and one set of scales per step, so at small sizes the
+flatbuffer's metadata outweighs the 4x smaller weights.
 """
 
 import os
