@@ -15,6 +15,8 @@ Learned ranges are moving averages of per-batch min/max collected over *every* t
 layer (``recurrent.py``), never updated inside the loop.
 """
 
+from tf_keras.src import backend
+
 from lstm_transforms._keras import keras, tf
 from lstm_transforms.quantizers import fake_quant_asymmetric, fake_quant_fixed_unit, fake_quant_power_of_two
 
@@ -81,6 +83,24 @@ class _QuantizedCellMixin:
             self.quant_cell_max_abs = add("quant_cell_max_abs", self._quant["quant_cell_clip"] or 16.0)
         self.quant_observed = add("quant_observed", 0.0)
         self.collect_statistics(None)
+
+    def set_inputs_projected(self, projected):
+        """While True, `call` receives `project_inputs(x)` instead of x (the layer did it for all steps)."""
+        object.__setattr__(self, "_inputs_projected", bool(projected))
+
+    def project_inputs(self, inputs):
+        """x W + input bias for every time step at once: the part of a step that needs no state."""
+        x = backend.dot(inputs, self.kernel)
+        bias = self._input_bias()
+        return x if bias is None else x + bias
+
+    def _input_projection(self, inputs, training):
+        if getattr(self, "_inputs_projected", False):
+            return inputs
+        dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
+        if dp_mask is not None:
+            inputs = inputs * (dp_mask[0] if isinstance(dp_mask, (list, tuple)) else dp_mask)
+        return self.project_inputs(inputs)
 
     def collect_statistics(self, sink):
         """Append (cell, statistic, tensor) to `sink` (a list) on every call; None stops it."""
@@ -152,15 +172,10 @@ class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
         if not self.full_quantization:
             return super().call(inputs, states, training=training)
         h_tm1, c_tm1 = states[0], states[1]
-        dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
         rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training, count=1)
-        if dp_mask is not None:
-            inputs = inputs * dp_mask[0]
         if rec_dp_mask is not None:
             h_tm1 = h_tm1 * rec_dp_mask[0]
-        z = tf.matmul(inputs, self.kernel) + tf.matmul(h_tm1, self.recurrent_kernel)
-        if self.use_bias:
-            z = tf.nn.bias_add(z, self.bias)
+        z = self._input_projection(inputs, training) + tf.matmul(h_tm1, self.recurrent_kernel)
         z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
         act, rec = self.activation, self.recurrent_activation
         i = self._quantize_gate(rec(z_i), rec)
@@ -170,6 +185,9 @@ class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
         c = self._quantize_cell_state(f * c_tm1 + i * g)
         h = self._quantize_output(o * self._quantize_gate(act(c), act))
         return h, [h, c]
+
+    def _input_bias(self):
+        return self.bias if self.use_bias else None
 
 
 class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
@@ -189,21 +207,10 @@ class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
         if not self.full_quantization:
             return super().call(inputs, states, training=training)
         h_tm1 = states[0] if tf.nest.is_nested(states) else states
-        dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
         rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training, count=1)
-        if dp_mask is not None:
-            inputs = inputs * dp_mask[0]
         h_in = h_tm1 * rec_dp_mask[0] if rec_dp_mask is not None else h_tm1
-        input_bias = recurrent_bias = None
-        if self.use_bias:
-            if self.reset_after:
-                input_bias, recurrent_bias = tf.unstack(self.bias)
-            else:
-                input_bias = self.bias
-        x = tf.matmul(inputs, self.kernel)
-        if input_bias is not None:
-            x = tf.nn.bias_add(x, input_bias)
-        x_z, x_r, x_h = tf.split(x, 3, axis=-1)
+        recurrent_bias = self.bias[1] if self.use_bias and self.reset_after else None
+        x_z, x_r, x_h = tf.split(self._input_projection(inputs, training), 3, axis=-1)
         act, rec = self.activation, self.recurrent_activation
         rk_zr, rk_h = self.recurrent_kernel[:, : 2 * self.units], self.recurrent_kernel[:, 2 * self.units :]
         if self.reset_after:
@@ -223,6 +230,11 @@ class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
         new_state = [h] if tf.nest.is_nested(states) else h
         return h, new_state
 
+    def _input_bias(self):
+        if not self.use_bias:
+            return None
+        return self.bias[0] if self.reset_after else self.bias
+
 
 class QuantizedSimpleRNNCell(_QuantizedCellMixin, keras.layers.SimpleRNNCell):
     """SimpleRNNCell with a fake-quantized hidden state (one weight block)."""
@@ -238,9 +250,20 @@ class QuantizedSimpleRNNCell(_QuantizedCellMixin, keras.layers.SimpleRNNCell):
         self._build_ranges()
 
     def call(self, inputs, states, training=None):
-        output, new_state = super().call(inputs, states, training=training)
+        if not self.full_quantization:
+            return super().call(inputs, states, training=training)
+        prev_output = states[0] if tf.nest.is_nested(states) else states
+        rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(prev_output, training)
+        if rec_dp_mask is not None:
+            prev_output = prev_output * rec_dp_mask
+        output = self._input_projection(inputs, training) + tf.matmul(prev_output, self.recurrent_kernel)
+        if self.activation is not None:
+            output = self.activation(output)
         output = self._quantize_output(output)
         return output, ([output] if tf.nest.is_nested(states) else output)
+
+    def _input_bias(self):
+        return self.bias
 
 
 QUANTIZED_CELLS = {cls.FLOAT_CLASS: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}

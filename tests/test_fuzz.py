@@ -316,7 +316,7 @@ def assert_recurrent_quantized_locally(qat, expected_layers):
             assert any(acted), f"no output range of {wrapper.name} has an effect"
         for cell in cells:
             step_input = rng.uniform(-1, 1, (8, cell.kernel.shape[0])).astype("float32")
-            states = [np.zeros((8, size), "float32") for size in tf.nest.flatten(cell.state_size)]
+            states = [tf.zeros((8, size)) for size in tf.nest.flatten(cell.state_size)]
             step = lambda: cell(step_input, states, training=False)[0]  # noqa: E731
             # With a known range (the learned one may have collapsed on a dead input): [-1, 1] vs 5% of it.
             reference = _with_range(cell, step, -1.0, 1.0)
