@@ -30,6 +30,8 @@ __all__ = [
     "quantize_scope",
     "rewrite",
     "export_tflite",
+    "ExportError",
+    "FloatLambdaWarning",
     "UnsupportedLayerError",
     "RNNQuantizeConfig",
     "QuantizedCellConfig",
@@ -50,8 +52,12 @@ def __getattr__(name):
         from lstm_transforms.transforms import rewrite
 
         return rewrite
-    if name == "export_tflite":
-        from lstm_transforms.export import export_tflite
+    if name in ("export_tflite", "ExportError"):
+        from lstm_transforms import export
 
-        return export_tflite
+        return getattr(export, name)
+    if name == "FloatLambdaWarning":
+        from lstm_transforms.transforms import FloatLambdaWarning
+
+        return FloatLambdaWarning
     raise AttributeError(f"module 'lstm_transforms' has no attribute {name!r}")

@@ -5,10 +5,11 @@ import threading
 
 from tensorflow_model_optimization.python.core.api.quantization import keras as tfmot_keras_api
 from tensorflow_model_optimization.python.core.quantization.keras import quantize as tfmot_quantize
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_scheme as tfmot_quantize_scheme
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_scheme
 
 from lstm_transforms._keras import check_model
-from lstm_transforms.registry import check_cells, is_recurrent
+from lstm_transforms.registry import check_layer
 from lstm_transforms.scheme import RNNQuantizeScheme
 from lstm_transforms.serialization import quantize_scope
 
@@ -41,6 +42,11 @@ def _scheme_for(scheme):
     """None or tfmot's default 8-bit scheme -> RNNQuantizeScheme; any other scheme is kept."""
     if scheme is None:
         return RNNQuantizeScheme()
+    if not isinstance(scheme, tfmot_quantize_scheme.QuantizeScheme):
+        raise TypeError(
+            "scheme must be a tfmot QuantizeScheme (for example lstm_transforms.RNNQuantizeScheme()), "
+            f"got {type(scheme).__name__}"
+        )
     if type(scheme) is default_8bit_quantize_scheme.Default8BitQuantizeScheme:
         return RNNQuantizeScheme(disable_per_axis=getattr(scheme, "_disable_per_axis", False))
     return scheme
@@ -50,8 +56,7 @@ def quantize_annotate_model(to_annotate):
     """tfmot's `quantize_annotate_model`, after lstm_transforms' graph rewrites."""
     check_model(to_annotate, "to_annotate")
     for layer in to_annotate.layers:  # fail before tfmot's clone can fail on an unknown cell class
-        if is_recurrent(layer):
-            check_cells(layer)
+        check_layer(layer)
     rewritten = _rewrite(to_annotate)
     with _cloning(rewritten):
         return _STOCK["quantize_annotate_model"](rewritten)

@@ -463,6 +463,33 @@ def _risky_layers(model):
     return risky
 
 
+def _masked_recurrent_layers(model):
+    """(recurrent layer, layer that made the mask) for every recurrent layer called with a Keras mask."""
+    found = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer) if _is_quantize_wrapper(layer) else layer
+        if not isinstance(inner, (keras.layers.RNN, keras.layers.Bidirectional)):
+            continue
+        for node in layer._inbound_nodes:
+            for tensor in tf.nest.flatten(node.input_tensors):
+                if getattr(tensor, "_keras_mask", None) is not None:
+                    history = getattr(tensor, "_keras_history", None)
+                    found.append((layer.name, history.layer.name if history else "?"))
+    return found
+
+
+def _check_no_masks(model):
+    masked = _masked_recurrent_layers(model)
+    if masked:
+        layer, source = masked[0]
+        raise ExportError(
+            f"Export of '{model.name}' failed at layer '{layer}': it is called with a Keras mask (made by "
+            f"'{source}'), and TFLite's recurrent kernels have no mask input (the converter cannot lower a masked "
+            "recurrence to integer ops). Export a copy built without the mask (no Masking layer, "
+            "Embedding(mask_zero=False)) with the same weights, and feed it unpadded or pre-padded sequences."
+        )
+
+
 def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, progress=False,
             float_model=None):
     """Convert a float tf-keras model to a TFLite flatbuffer (`bytes`) in a child process.
@@ -476,6 +503,7 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
     layers in error messages (defaults to `model`).
     """
     check_model(model)
+    _check_no_masks(model)
     arrays = None
     if representative_dataset is not None:
         arrays = _calibration_arrays(representative_dataset, model, max_samples)

@@ -13,8 +13,9 @@
   `quantize_apply` only asks the registry for layers whose map entry has no config.
 - `Conv1D`: like tfmot's Conv2D (per-channel symmetric weights, activation quantized); the
   kernel is fake-quantized in the ``(1, width, in, out)`` layout TFLite's CONV_2D uses.
-- `IndexSlice` (made by `lstm_transforms.transforms` from ``x[:, -1, :]``-style slices): passes
-  quantization through, like tfmot's `Reshape`.
+- `IndexSlice` (made by `lstm_transforms.transforms` from ``x[:, -1, :]``-style slices),
+  `Masking` (zeroes padded steps and carries the mask to the recurrent layer) and `MaxPooling1D`
+  (TFLite's MAX_POOL_2D keeps its input's scale): pass quantization through, like tfmot's `Reshape`.
 
 `extra_types_dict()` lists every serializable class this package adds here, for
 `tfmot.quantization.keras.quantize_scope` and for loading saved models.
@@ -134,7 +135,7 @@ def extra_quantize_config(layer):
         return BatchNormQuantizeConfig()
     if kind is keras.layers.Conv1D:
         return Conv1DQuantizeConfig()
-    if kind is IndexSlice:
+    if kind in (IndexSlice, keras.layers.Masking, keras.layers.MaxPooling1D):
         return _pass_through()
     return None
 

@@ -14,7 +14,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 from lstm_transforms._keras import keras
 from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
 from lstm_transforms.recurrent import QuantizedGRU, QuantizedLSTM, QuantizedRNN, QuantizedSimpleRNN
-from lstm_transforms.registry import check_cells, is_recurrent
+from lstm_transforms.recurrent import deferred_range_updates
+from lstm_transforms.registry import check_cells, check_layer, is_recurrent
 
 __all__ = ["RNNLayoutTransform", "MaskingQuantizeWrapper", "quantized_layer_config", "swap_recurrent_layers"]
 
@@ -97,7 +98,9 @@ class MaskingQuantizeWrapper(QuantizeWrapperV2):
       quantized ``Embedding(mask_zero=True)`` would run over the padding);
     * builds the wrapped layer before collecting its weights, so the weight order is the same
       when the model is created and when it is loaded again (tfmot's order depends on whether
-      the inner layer was already built, which breaks ``.h5`` loading of multi-cell layers).
+      the inner layer was already built, which breaks ``.h5`` loading of multi-cell layers);
+    * applies the recurrent range updates after the wrapped layer's call, not between its
+      directions (see `lstm_transforms.recurrent.deferred_range_updates`: MirroredStrategy).
     """
 
     def __init__(self, layer, quantize_config, name_prefix="quant_", **kwargs):
@@ -108,6 +111,10 @@ class MaskingQuantizeWrapper(QuantizeWrapperV2):
         if not self.layer.built:
             self.layer.build(input_shape)
         super().build(input_shape)
+
+    def call(self, inputs, training=None, **kwargs):
+        with deferred_range_updates():
+            return super().call(inputs, training=training, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
@@ -158,6 +165,8 @@ class RNNLayoutTransform(QuantizeLayoutTransform):
         names = set()
         for layer in model.layers:
             entry = layer_quantize_map.get(layer.name)
+            if entry is not None and entry.get("quantize_config") is None:
+                check_layer(layer)
             if entry is None or entry.get("quantize_config") is not None or not is_recurrent(layer):
                 continue
             check_cells(layer)

@@ -9,7 +9,16 @@ While training, each step also emits the unquantized value of every learned-rang
 point of every quantized cell (stacked cells included) next to its output; after the loop they are
 reduced over batch and time and folded into the cells' moving-average ranges. No variable is written inside
 the loop, so this works unchanged under ``tf.distribute`` strategies.
+
+Inside a quantize wrapper the range updates wait until the wrapped layer's call has finished
+(`deferred_range_updates`): an update of a mirrored variable is a cross-replica merge point, where
+MirroredStrategy switches replica threads, and the next replica re-points the cells' weight
+attributes at *its* fake-quantized weights. A Bidirectional layer would otherwise run its second
+direction on another replica's weights.
 """
+
+import contextlib
+import threading
 
 from tf_keras.src.utils import generic_utils
 
@@ -17,7 +26,30 @@ from lstm_transforms._keras import keras, tf
 from lstm_transforms.cells import QUANT_DEFAULTS, QUANTIZED_CELLS, QuantizedGRUCell, QuantizedLSTMCell
 from lstm_transforms.cells import QuantizedSimpleRNNCell, _QuantizedCellMixin
 
-__all__ = ["QuantizedRNN", "QuantizedLSTM", "QuantizedGRU", "QuantizedSimpleRNN", "QUANTIZED_LAYERS", "cells_of"]
+__all__ = [
+    "QuantizedRNN",
+    "QuantizedLSTM",
+    "QuantizedGRU",
+    "QuantizedSimpleRNN",
+    "QUANTIZED_LAYERS",
+    "cells_of",
+    "deferred_range_updates",
+]
+
+_pending = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_range_updates():
+    """Within the block, quantized layers queue their range updates; they are applied when it exits."""
+    outer = getattr(_pending, "updates", None)
+    _pending.updates = queued = []
+    try:
+        yield
+    finally:
+        _pending.updates = outer
+    for layout, stats, training in queued:
+        _QuantizedLoopMixin._fold_statistics(layout, stats, training)
 
 from tf_keras.src import backend  # noqa: E402  (the module RNN.call itself uses)
 
@@ -134,7 +166,11 @@ class _QuantizedLoopMixin:
         width = sum(columns for _, _, columns in layout)
         stats = outputs[..., -width:]
         outputs, last_output = outputs[..., :-width], last_output[..., :-width]
-        self._fold_statistics(layout, stats, training)
+        queued = getattr(_pending, "updates", None)
+        if queued is None:
+            self._fold_statistics(layout, stats, training)
+        else:
+            queued.append((layout, stats, training))
 
         if self.stateful:
             updates = [

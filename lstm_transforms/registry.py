@@ -26,6 +26,7 @@ __all__ = [
     "registered_cells",
     "is_recurrent",
     "check_cells",
+    "check_layer",
     "BUILTIN_CELLS",
 ]
 
@@ -88,6 +89,19 @@ def check_cells(layer):
         )
 
 
+def check_layer(layer):
+    """Raise UnsupportedLayerError for a recurrent layer lstm_transforms cannot quantize."""
+    if isinstance(layer, keras.layers.TimeDistributed) and is_recurrent(layer.layer):
+        raise UnsupportedLayerError(
+            f"Layer '{layer.name}' is TimeDistributed({type(layer.layer).__name__}), which lstm_transforms "
+            "cannot quantize (TFLite has no integer kernel for a recurrent layer mapped over an extra axis). "
+            "Fold the outer axis into the batch instead: Reshape to (batch * outer, time, features), call the "
+            "recurrent layer directly, and Reshape back."
+        )
+    if is_recurrent(layer):
+        check_cells(layer)
+
+
 def cell_quantize_config(cell, layer, weight_bits):
     if isinstance(cell, _QuantizedCellMixin):
         return QuantizedCellConfig(cell.NUM_GATES, weight_bits)
@@ -115,7 +129,7 @@ class RNNQuantizeRegistry(QuantizeRegistry):
         if is_recurrent(layer):
             return True  # unsupported cells get a precise error from get_quantize_config
         if isinstance(layer, keras.layers.TimeDistributed):
-            return self.supports(layer.layer)
+            return not is_recurrent(layer.layer) and self.supports(layer.layer)
         if type(layer) is keras.layers.Embedding:
             return True
         if self._extra_config(layer) is not None:
@@ -127,6 +141,7 @@ class RNNQuantizeRegistry(QuantizeRegistry):
             check_cells(layer)
             return RNNQuantizeConfig([cell_quantize_config(c, layer, self.weight_bits) for c in cells_of(layer)])
         if isinstance(layer, keras.layers.TimeDistributed):
+            check_layer(layer)
             return TimeDistributedQuantizeConfig(self.get_quantize_config(layer.layer))
         if type(layer) is keras.layers.Embedding:
             # TFLite GATHER: int8 table, the output keeps the table's scale (no output quantizer).

@@ -13,6 +13,7 @@ import pytest
 import lstm_transforms as lt
 from lstm_transforms._keras import keras, tf
 from lstm_transforms.export import ExportError
+from tests.helpers import assert_recurrent_quantized, calibrate
 
 L = keras.layers
 T, F = 6, 5
@@ -120,18 +121,13 @@ def test_conv_lstm(make, shape, cell):
     assert "'conv_rnn'" in message and cell in message and f"register_cell({cell}" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (/tmp/lt/core_bugs.md, 'TimeDistributed(LSTM) gets a misleading error'): the message "
-    "tells the user to use RNNQuantizeScheme, which they already do, and does not name the TimeDistributed layer",
-)
 def test_time_distributed_recurrent_layer():
     model = _functional(L.TimeDistributed(L.LSTM(3), name="per_window"), (3, T, F))
     with pytest.raises(lt.UnsupportedLayerError) as info:
         lt.quantize_model(model)
     message = str(info.value)
-    assert "'per_window'" in message and "TimeDistributed" in message
-    assert "RNNQuantizeScheme" not in message
+    assert "'per_window'" in message and "TimeDistributed(LSTM)" in message
+    assert "Reshape to (batch * outer, time, features)" in message
 
 
 # --- Non-recurrent layers stock tfmot does not support ------------------------------------------
@@ -140,7 +136,7 @@ def test_time_distributed_recurrent_layer():
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: L.MaxPooling1D(2, name="odd_layer"), id="maxpooling1d"),
+        pytest.param(lambda: L.UpSampling1D(2, name="odd_layer"), id="upsampling1d"),
         pytest.param(lambda: L.LayerNormalization(name="odd_layer"), id="layernormalization"),
     ],
 )
@@ -155,15 +151,19 @@ def test_layer_tfmot_does_not_support(make):
     assert "QuantizeConfig" in message and "quantize_annotate_layer" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (/tmp/lt/core_bugs.md, 'Masking -> LSTM fails'): wrap_layers asks tfmot's registry for a "
-    "config for the mask-carrying Masking layer, which tfmot does not support",
-)
 def test_masking_layer_before_lstm_quantizes():
-    inputs = keras.Input((T, F))
-    model = keras.Model(inputs, L.Dense(2)(L.LSTM(4)(L.Masking(0.0)(inputs))))
-    lt.quantize_model(model)
+    inputs = keras.Input((None, F))
+    model = keras.Model(inputs, L.Dense(2)(L.LSTM(4, name="lstm")(L.Masking(0.0, name="pad_mask")(inputs))))
+    qat = lt.quantize_model(model)
+    x = _x(8)
+    calibrate(qat, x)
+    assert_recurrent_quantized(qat, x)
+    # The mask reaches the LSTM: trailing padding changes nothing.
+    padded = np.concatenate([x[:, :4], np.zeros_like(x[:, 4:])], axis=1)
+    np.testing.assert_allclose(qat(padded, training=False), qat(x[:, :4], training=False), atol=1e-6)
+    # ...and export says why a masked recurrence cannot be deployed, naming both layers.
+    with pytest.raises(ExportError, match=r"at layer '(quant_)?lstm'.*Keras mask \(made by '(quant_)?pad_mask'\)"):
+        lt.export_tflite(qat, x)
 
 
 # --- Scheme and registration arguments ----------------------------------------------------------
@@ -186,12 +186,8 @@ def test_bad_scheme_arguments(kwargs, message):
         lt.RNNQuantizeScheme(**kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (/tmp/lt/core_bugs.md, 'scheme of the wrong type gives an AttributeError')",
-)
 def test_scheme_of_the_wrong_type():
-    with pytest.raises(TypeError, match=r"QuantizeScheme"):
+    with pytest.raises(TypeError, match=r"scheme must be a tfmot QuantizeScheme .*got str"):
         lt.quantize_model(_functional(L.LSTM(4)), scheme="8bit")
 
 
