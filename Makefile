@@ -1,10 +1,11 @@
 # One command each, on a fresh machine with Python >= 3.10:
 #   make example   set up .venv and run the main example on real data (JapaneseVowels)
-#   make test      set up .venv and run the whole test suite (what .ci/run runs)
+#   make test      set up .venv and run the whole test suite (what .ci/run runs first)
+#   make fuzz      the long property-based run (150 + 20 generated models; .ci/run runs it too)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup example test test-fast bench
+.PHONY: setup example test test-fast fuzz bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +24,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+fuzz: setup
+	LT_FUZZ_EXAMPLES=150 LT_FUZZ_EXPORT_EXAMPLES=20 $(PY) -m pytest -q tests/test_fuzz.py
+
 bench: setup
 	$(PY) benchmarks/bench_qat_speed.py
 	$(PY) benchmarks/bench_rewrite.py
 	$(PY) benchmarks/bench_export.py
+	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_memory.py

@@ -18,7 +18,8 @@ layer (``recurrent.py``), never updated inside the loop.
 from tf_keras.src import backend
 
 from lstm_transforms._keras import keras, tf
-from lstm_transforms.quantizers import fake_quant_asymmetric, fake_quant_fixed_unit, fake_quant_power_of_two
+from lstm_transforms.quantizers import asymmetric_bounds, fake_quant_asymmetric, fake_quant_fixed_unit
+from lstm_transforms.quantizers import fake_quant_power_of_two, power_of_two_bounds
 
 __all__ = ["QuantizedLSTMCell", "QuantizedGRUCell", "QuantizedSimpleRNNCell", "QUANTIZED_CELLS", "QUANT_DEFAULTS"]
 
@@ -84,23 +85,30 @@ class _QuantizedCellMixin:
         self.quant_observed = add("quant_observed", 0.0)
         self.collect_statistics(None)
 
-    def set_inputs_projected(self, projected):
-        """While True, `call` receives `project_inputs(x)` instead of x (the layer did it for all steps)."""
-        object.__setattr__(self, "_inputs_projected", bool(projected))
-
     def project_inputs(self, inputs):
-        """x W + input bias for every time step at once: the part of a step that needs no state."""
+        """x W + input bias: the part of a step that does not depend on the state."""
         x = backend.dot(inputs, self.kernel)
         bias = self._input_bias()
         return x if bias is None else x + bias
 
     def _input_projection(self, inputs, training):
-        if getattr(self, "_inputs_projected", False):
-            return inputs
         dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
         if dp_mask is not None:
             inputs = inputs * (dp_mask[0] if isinstance(dp_mask, (list, tuple)) else dp_mask)
         return self.project_inputs(inputs)
+
+    def freeze_bounds(self, frozen):
+        """While True, the fake-quant bounds are computed once (now) instead of in every step."""
+        bounds = None
+        if frozen:
+            bounds = {"output": asymmetric_bounds(self.quant_output_min, self.quant_output_max)}
+            if "cell_state" in self.STATISTICS:
+                bounds["cell_state"] = power_of_two_bounds(self.quant_cell_max_abs, self._quant["quant_state_bits"])
+        object.__setattr__(self, "_frozen_bounds", bounds)
+
+    def _bounds(self, key):
+        frozen = getattr(self, "_frozen_bounds", None)
+        return None if frozen is None else frozen.get(key)
 
     def collect_statistics(self, sink):
         """Append (cell, statistic, tensor) to `sink` (a list) on every call; None stops it."""
@@ -118,7 +126,8 @@ class _QuantizedCellMixin:
         if self._stats_sink is not None:
             self._stats_sink.append((self, "output", h))
         return fake_quant_asymmetric(
-            h, self.quant_output_min, self.quant_output_max, self._quant["quant_activation_bits"]
+            h, self.quant_output_min, self.quant_output_max, self._quant["quant_activation_bits"],
+            bounds=self._bounds("output"),
         )
 
     def _quantize_cell_state(self, c):
@@ -129,7 +138,9 @@ class _QuantizedCellMixin:
             c = tf.clip_by_value(c, -clip, clip)
         if self._stats_sink is not None:
             self._stats_sink.append((self, "cell_state", c))
-        return fake_quant_power_of_two(c, self.quant_cell_max_abs, self._quant["quant_state_bits"])
+        return fake_quant_power_of_two(
+            c, self.quant_cell_max_abs, self._quant["quant_state_bits"], bounds=self._bounds("cell_state")
+        )
 
     def observe(self, observed):
         """Moving-average update of the learned ranges from {statistic: values of one batch}."""

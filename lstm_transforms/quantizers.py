@@ -14,6 +14,8 @@ __all__ = [
     "fake_quant_asymmetric",
     "fake_quant_power_of_two",
     "power_of_two_bound",
+    "power_of_two_bounds",
+    "asymmetric_bounds",
 ]
 
 
@@ -75,10 +77,19 @@ def fake_quant_fixed_unit(x, num_bits):
     return tf.quantization.fake_quant_with_min_max_args(x, min=-1.0, max=top, num_bits=num_bits)
 
 
-def fake_quant_asymmetric(x, range_min, range_max, num_bits):
-    """Asymmetric fake quant over a learned [min, max] (TFLite int8 activation)."""
+def asymmetric_bounds(range_min, range_max):
+    """The [lo, hi] an asymmetric fake quant uses for a learned [min, max]: 0 inside, never empty."""
     lo = tf.stop_gradient(tf.minimum(range_min, 0.0))
     hi = tf.stop_gradient(tf.maximum(range_max, lo + 1e-6))
+    return lo, hi
+
+
+def fake_quant_asymmetric(x, range_min, range_max, num_bits, bounds=None):
+    """Asymmetric fake quant over a learned [min, max] (TFLite int8 activation).
+
+    `bounds`: `asymmetric_bounds(range_min, range_max)` computed once outside a loop (optional).
+    """
+    lo, hi = bounds if bounds is not None else asymmetric_bounds(range_min, range_max)
     return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits)
 
 
@@ -88,8 +99,16 @@ def power_of_two_bound(max_abs):
     return tf.pow(2.0, tf.math.ceil(tf.math.log(max_abs) / tf.math.log(2.0)))
 
 
-def fake_quant_power_of_two(x, max_abs, num_bits):
-    """Symmetric fake quant with a power-of-two scale covering `max_abs` (bound / 2^(b-1))."""
+def power_of_two_bounds(max_abs, num_bits):
+    """[-bound, top] of the symmetric power-of-two fake quant covering `max_abs`."""
     bound = tf.stop_gradient(power_of_two_bound(max_abs))
-    top = bound * (1.0 - 2.0 ** (1 - num_bits))
-    return tf.quantization.fake_quant_with_min_max_vars(x, -bound, top, num_bits=num_bits)
+    return -bound, bound * (1.0 - 2.0 ** (1 - num_bits))
+
+
+def fake_quant_power_of_two(x, max_abs, num_bits, bounds=None):
+    """Symmetric fake quant with a power-of-two scale covering `max_abs` (bound / 2^(b-1)).
+
+    `bounds`: `power_of_two_bounds(max_abs, num_bits)` computed once outside a loop (optional).
+    """
+    lo, top = bounds if bounds is not None else power_of_two_bounds(max_abs, num_bits)
+    return tf.quantization.fake_quant_with_min_max_vars(x, lo, top, num_bits=num_bits)

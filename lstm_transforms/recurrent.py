@@ -92,10 +92,8 @@ class _QuantizedLoopMixin:
             training = backend.learning_phase()
         collect = _static(training)
         collect = True if collect is None else bool(collect)
-        project = self._can_project(inputs, constants)
-        if project:
-            inputs = self.cell.project_inputs(inputs)
-            self.cell.set_inputs_projected(True)
+        for cell in cells:  # range bounds: once per call, not once per step
+            cell.freeze_bounds(True)
         try:
             if not collect:
                 return keras.layers.RNN.call(
@@ -103,19 +101,8 @@ class _QuantizedLoopMixin:
                 )
             return self._call_collecting(cells, inputs, mask, training, initial_state, constants)
         finally:
-            if project:
-                self.cell.set_inputs_projected(False)
-
-    def _can_project(self, inputs, constants):
-        """A single quantized cell without input dropout: x W + b runs once for all steps."""
-        cell = self.cell
-        return (
-            isinstance(cell, _QuantizedCellMixin)
-            and cell.full_quantization
-            and not cell.dropout
-            and not constants
-            and not isinstance(inputs, (list, tuple, tf.RaggedTensor))
-        )
+            for cell in cells:
+                cell.freeze_bounds(False)
 
     def _call_collecting(self, cells, inputs, mask, training, initial_state, constants):
         inputs, row_lengths = backend.convert_inputs_if_ragged(inputs)
