@@ -31,6 +31,7 @@ __all__ = [
     "rewrite",
     "export_tflite",
     "ExportError",
+    "calibrate",
     "FloatLambdaWarning",
     "UnsupportedLayerError",
     "RNNQuantizeConfig",
@@ -56,6 +57,10 @@ def __getattr__(name):
         from lstm_transforms import export
 
         return getattr(export, name)
+    if name == "calibrate":
+        from lstm_transforms.calibration import calibrate
+
+        return calibrate
     if name == "FloatLambdaWarning":
         from lstm_transforms.transforms import FloatLambdaWarning
 

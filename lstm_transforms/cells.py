@@ -15,6 +15,8 @@ Learned ranges are moving averages of per-batch min/max collected over *every* t
 layer (``recurrent.py``), never updated inside the loop.
 """
 
+import threading
+
 from tf_keras.src import backend
 
 from lstm_transforms._keras import keras, tf
@@ -22,6 +24,13 @@ from lstm_transforms.quantizers import asymmetric_bounds, fake_quant_asymmetric,
 from lstm_transforms.quantizers import fake_quant_power_of_two, power_of_two_bounds
 
 __all__ = ["QuantizedLSTMCell", "QuantizedGRUCell", "QuantizedSimpleRNNCell", "QUANTIZED_CELLS", "QUANT_DEFAULTS"]
+
+class _Flag(threading.local):
+    active = False
+
+
+# Set by `lstm_transforms.calibrate`: ranges take the min / max over all batches instead of an EMA.
+_RUNNING_MIN_MAX = _Flag()
 
 QUANT_DEFAULTS = {
     "quant_mode": "full",  # "full" or "weights" (weights only: keeps the fused backend function)
@@ -155,7 +164,11 @@ class _QuantizedCellMixin:
         updates = []
         for key, value in batch_stats.items():
             var = getattr(self, "quant_" + key)
-            new = tf.where(seen > 0, decay * var + (1.0 - decay) * value, value)
+            if _RUNNING_MIN_MAX.active:  # `lstm_transforms.calibrate`: extremes over every batch seen
+                merged = tf.minimum(var, value) if key.endswith("_min") else tf.maximum(var, value)
+            else:
+                merged = decay * var + (1.0 - decay) * value
+            new = tf.where(seen > 0, merged, value)
             updates.append(var.assign(new))
         with tf.control_dependencies(updates):
             updates.append(seen.assign(1.0))
