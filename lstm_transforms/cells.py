@@ -25,6 +25,7 @@ from lstm_transforms.quantizers import fake_quant_power_of_two, power_of_two_bou
 
 __all__ = ["QuantizedLSTMCell", "QuantizedGRUCell", "QuantizedSimpleRNNCell", "QUANTIZED_CELLS", "QUANT_DEFAULTS"]
 
+
 class _Flag(threading.local):
     active = False
 
@@ -94,17 +95,14 @@ class _QuantizedCellMixin:
         self.quant_observed = add("quant_observed", 0.0)
         self.collect_statistics(None)
 
-    def project_inputs(self, inputs):
-        """x W + input bias: the part of a step that does not depend on the state."""
+    def _input_projection(self, inputs, training):
+        """(input dropout) x W + input bias: the part of a step that does not depend on the state."""
+        dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
+        if dp_mask is not None:
+            inputs = inputs * dp_mask[0]
         x = backend.dot(inputs, self.kernel)
         bias = self._input_bias()
         return x if bias is None else x + bias
-
-    def _input_projection(self, inputs, training):
-        dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
-        if dp_mask is not None:
-            inputs = inputs * (dp_mask[0] if isinstance(dp_mask, (list, tuple)) else dp_mask)
-        return self.project_inputs(inputs)
 
     def freeze_bounds(self, frozen):
         """While True, the fake-quant bounds are computed once (now) instead of in every step."""
@@ -274,20 +272,9 @@ class QuantizedSimpleRNNCell(_QuantizedCellMixin, keras.layers.SimpleRNNCell):
         self._build_ranges()
 
     def call(self, inputs, states, training=None):
-        if not self.full_quantization:
-            return super().call(inputs, states, training=training)
-        prev_output = states[0] if tf.nest.is_nested(states) else states
-        rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(prev_output, training)
-        if rec_dp_mask is not None:
-            prev_output = prev_output * rec_dp_mask
-        output = self._input_projection(inputs, training) + tf.matmul(prev_output, self.recurrent_kernel)
-        if self.activation is not None:
-            output = self.activation(output)
+        output, new_state = super().call(inputs, states, training=training)
         output = self._quantize_output(output)
         return output, ([output] if tf.nest.is_nested(states) else output)
-
-    def _input_bias(self):
-        return self.bias
 
 
 QUANTIZED_CELLS = {cls.FLOAT_CLASS: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}

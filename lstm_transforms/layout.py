@@ -15,7 +15,7 @@ from lstm_transforms._keras import keras
 from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
 from lstm_transforms.recurrent import QuantizedGRU, QuantizedLSTM, QuantizedRNN, QuantizedSimpleRNN
 from lstm_transforms.recurrent import deferred_range_updates
-from lstm_transforms.registry import check_cells, check_layer, is_recurrent
+from lstm_transforms.registry import check_layer, is_recurrent
 
 __all__ = ["RNNLayoutTransform", "MaskingQuantizeWrapper", "quantized_layer_config", "swap_recurrent_layers"]
 
@@ -165,12 +165,11 @@ class RNNLayoutTransform(QuantizeLayoutTransform):
         names = set()
         for layer in model.layers:
             entry = layer_quantize_map.get(layer.name)
-            if entry is not None and entry.get("quantize_config") is None:
-                check_layer(layer)
-            if entry is None or entry.get("quantize_config") is not None or not is_recurrent(layer):
+            if entry is None or entry.get("quantize_config") is not None:
                 continue
-            check_cells(layer)
-            names.add(layer.name)
+            check_layer(layer)
+            if is_recurrent(layer):
+                names.add(layer.name)
         if names:
             model = swap_recurrent_layers(model, names, self.quant_options)
         return wrap_layers(model, layer_quantize_map, self.registry), layer_quantize_map
