@@ -297,25 +297,3 @@ def test_export_rejects_bad_input():
     model = _model(lambda i: L.LSTM(2)(i))
     with pytest.raises(ValueError, match="representative_dataset"):
         export_tflite(model, None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Real data: the bar (int8 within 1 point of float, >= 99% agreement with QAT Keras)
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["lstm", "question"])
-def test_japanese_vowels_int8_matches_qat_and_float(arch):
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "japanese_vowels.py")
-    spec = importlib.util.spec_from_file_location("japanese_vowels_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    r = example.run(arch, seed=0)
-    assert r["fused_lstm"] == 1 and r["while"] == 0
-    assert r["int8"] >= r["float"] - 0.01, r
-    assert r["agreement"] >= 0.99, r
-    assert r["bytes_int8"] <= 0.35 * r["bytes_float"], r
