@@ -98,7 +98,9 @@ class EpochBar(keras.callbacks.Callback):
 
     def __init__(self, epochs, desc):
         super().__init__()
-        self.bar = keras.utils.Progbar(epochs, stateful_metrics=["loss", "accuracy"], unit_name="epoch")
+        # In a log file (not a terminal) one line at the end instead of a redrawn bar.
+        self.bar = keras.utils.Progbar(epochs, stateful_metrics=["loss", "accuracy"], unit_name="epoch",
+                                       verbose=1 if sys.stdout.isatty() else 2)
         self.desc = desc
 
     def on_train_begin(self, logs=None):
