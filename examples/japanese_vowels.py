@@ -25,6 +25,7 @@ the run-to-run noise of a 370-sequence test set.
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -228,11 +229,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=["lstm", "question", "both"], default="both")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--json", metavar="PATH", help="also write every run's measurements to PATH")
     args = parser.parse_args(argv)
     tf.get_logger().setLevel("ERROR")
     archs = ["lstm", "question"] if args.arch == "both" else [args.arch]
     results = [run(arch, seed) for arch in archs for seed in args.seeds]
     print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     print(f"total time: {sum(r['seconds'] for r in results):.0f} s")
     failed = [(r["arch"], r["seed"], p) for r in results for p in problems(r)]
     for arch, seed, problem in failed:
