@@ -65,7 +65,8 @@ SAME_ACTIVATIONS = frozenset({
     "swish", "softplus", "softsign", "exponential", "leaky_relu", "mish",
 })
 
-#: Keras-3-only config keys -> the value at which dropping them changes nothing (_ANY: always).
+#: Keras-3-only config keys (or (class name, key)) -> the value at which dropping them changes nothing
+#: (_ANY: always).
 _ANY = object()
 _KERAS3_ONLY_KEYS = {
     "quantization_config": None,
@@ -75,6 +76,7 @@ _KERAS3_ONLY_KEYS = {
     "use_cudnn": _ANY,  # an implementation choice
     "rms_scaling": False,
     "optional": False,
+    ("ZeroPadding1D", "data_format"): "channels_last",
 }
 _RENAMED_KEYS = {("LeakyReLU", "negative_slope"): "alpha"}
 
@@ -179,13 +181,14 @@ class _Converter:
             raise ValueError(f"`model` ('{model.name}') is not built.")
         tree = self.keras3.tree
         tensors = {id(x): self.input(x) for x in model.inputs}
+        needed = _needed_nodes(model.outputs)
         for depth in sorted(model._nodes_by_depth, reverse=True):  # noqa: SLF001  Keras 3's own walk order
             for node in model._nodes_by_depth[depth]:  # noqa: SLF001
-                if node.is_input or not node.operation:
+                if node.is_input or not node.operation or id(node) not in needed:
                     continue
-                if any(id(x) not in tensors for x in node.input_tensors):
-                    continue  # not on a path from this model's inputs
-                args, kwargs = node.arguments.fill_in(tensors)
+                args, kwargs = tree.map_structure(
+                    lambda x: tensors[id(x)] if isinstance(x, self.keras3.KerasTensor) else x, _call_arguments(node)
+                )
                 outputs = tf.nest.flatten(self.call(node, args, kwargs))
                 for x, y in zip(node.outputs, outputs):
                     tensors[id(x)] = y
@@ -276,6 +279,37 @@ class _Converter:
         self.copied.add(id(layer))
 
 
+def _call_arguments(node):
+    """The node's recorded (args, kwargs), less what Keras 3 filled in by itself.
+
+    Keras 3 records `training=False` on every call that takes `training` and the incoming tensor's
+    mask as `mask=`; its `Functional.call` overrides the first whenever the model is called with a
+    training value. tf-keras propagates both itself, so both are left out (a mask that is not the
+    incoming tensor's own is kept).
+    """
+    args, kwargs = node.arguments.args, dict(node.arguments.kwargs)
+    kwargs.pop("training", None)
+    first = args[0] if args else None
+    if "mask" in kwargs and (kwargs["mask"] is None or kwargs["mask"] is getattr(first, "_keras_mask", None)):
+        del kwargs["mask"]
+    return args, kwargs
+
+
+def _needed_nodes(outputs):
+    """ids of the nodes the outputs depend on, through `_call_arguments` (auto-filled masks excluded)."""
+    import keras as keras3
+
+    needed, stack = set(), list(outputs)
+    while stack:
+        operation, node_index, _ = stack.pop()._keras_history  # noqa: SLF001
+        node = operation._inbound_nodes[node_index]  # noqa: SLF001
+        if id(node) in needed:
+            continue
+        needed.add(id(node))
+        stack.extend(x for x in keras3.tree.flatten(_call_arguments(node)) if isinstance(x, keras3.KerasTensor))
+    return needed
+
+
 def _registered_twin(cls):
     for klass in cls.__mro__:
         if klass in _TWINS:
@@ -292,8 +326,9 @@ def tf_keras_config(layer):
     class_name = type(layer).__name__
     config = {}
     for key, value in layer.get_config().items():
-        if key in _KERAS3_ONLY_KEYS:
-            neutral = _KERAS3_ONLY_KEYS[key]
+        only = next((k for k in ((class_name, key), key) if k in _KERAS3_ONLY_KEYS), None)
+        if only is not None:
+            neutral = _KERAS3_ONLY_KEYS[only]
             if neutral is _ANY or value == neutral:
                 continue
             raise UnsupportedLayerError(
