@@ -536,6 +536,23 @@ def test_keras3_optimizer_in_tf_keras_compile():
         qat.compile(keras.optimizers.Adam(), "mse")
 
 
+def test_keras3_metric_in_tf_keras_compile():
+    qat = lt.quantize_model(_model(L.LSTM(3)))
+    with pytest.raises(AttributeError, match=r"'Variable' object has no attribute '_distribute_strategy'"):
+        qat.compile("adam", "mse", metrics=[keras.metrics.MeanAbsoluteError()])
+
+
+def test_keras3_loss_object_works_as_a_function():
+    model = _model(L.LSTM(3))
+    qat = lt.quantize_model(model)
+    x = _inputs(model)
+    y = np.ones((len(x), 3), "float32")
+    qat.compile("sgd", keras.losses.MeanSquaredError())
+    k3_loss = qat.evaluate(x, y, verbose=0)
+    qat.compile("sgd", tf_keras.losses.MeanSquaredError())
+    assert k3_loss == pytest.approx(qat.evaluate(x, y, verbose=0), rel=1e-6)
+
+
 def test_keras3_callback_in_tf_keras_fit():
     model = _model(L.LSTM(3))
     qat = lt.quantize_model(model)
@@ -798,7 +815,7 @@ history = q_aware_model.fit(x_train, y_train, epochs=1, batch_size=16, verbose=0
 flatbuffer = lstm_transforms.export_tflite(q_aware_model, x_train[:32])
 from lstm_transforms import tflite_utils
 import json, sys
-print("RESULT", json.dumps({{
+print("RESULT", json.dumps({
     "tf.keras": sys.modules["tensorflow"].keras.Input.__module__,
     "model": type(simple_model).__module__,
     "qat": type(q_aware_model).__module__,
@@ -806,7 +823,7 @@ print("RESULT", json.dumps({{
     "loss": history.history["loss"][0],
     "ops": sorted(set(tflite_utils.op_names(flatbuffer))),
     "error": float(np.max(np.abs(tflite_utils.predict(flatbuffer, x_train[:4]) - q_aware_model.predict(x_train[:4], verbose=0)))),
-}}))
+}))
 """
 
 QUESTION_SCRIPTS = {
@@ -861,7 +878,7 @@ def test_question_code_as_written_with_keras3(case, tmp_path):
         assert result["tf.keras"].startswith("keras.src."), result["tf.keras"]
     assert result["model"].startswith("keras.src.")  # the user built a Keras 3 model
     assert result["qat"].startswith("tf_keras.")
-    assert "LSTM" in result["wrapped"] and "Lambda" not in result["wrapped"], result["wrapped"]
+    assert "QuantizedLSTM" in result["wrapped"] and "Lambda" not in result["wrapped"], result["wrapped"]
     assert np.isfinite(result["loss"])
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in result["ops"] and "WHILE" not in result["ops"], result["ops"]
-    assert result["error"] <= 0.1, result  # softmax outputs: int8 TFLite vs the QAT model
+    assert result["error"] <= 0.03, result  # softmax outputs, int8 TFLite vs the QAT model (measured 0.004-0.005)
