@@ -882,3 +882,25 @@ def test_question_code_as_written_with_keras3(case, tmp_path):
     assert np.isfinite(result["loss"])
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in result["ops"] and "WHILE" not in result["ops"], result["ops"]
     assert result["error"] <= 0.03, result  # softmax outputs, int8 TFLite vs the QAT model (measured 0.004-0.005)
+
+
+def test_tfmot_imported_first_mixes_the_two_kerases(tmp_path):
+    """The README's import-order trap, outside lstm_transforms: stock tfmot imported before `keras` is used."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "trap.py"
+    script.write_text(
+        "import tensorflow as tf\n"
+        "from tensorflow import keras\n"
+        "from tensorflow.keras import layers as L\n"
+        "import tensorflow_model_optimization as tfmot\n"
+        "i = keras.Input(shape=(32, 32))\n"
+        "print(type(i).__module__)\n"
+        "x = L.LSTM(4)(i)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.stdout.startswith("tf_keras."), out.stdout  # keras.Input became tf-keras, L.LSTM is Keras 3
+    assert out.returncode != 0
+    assert "Could not build a TypeSpec for KerasTensor" in out.stderr and "tf_keras" in out.stderr, out.stderr[-2000:]
