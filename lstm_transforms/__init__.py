@@ -1,7 +1,8 @@
 """lstm_transforms: quantization-aware training for recurrent tf-keras models with tfmot.
 
 Importing this package sets TF_USE_LEGACY_KERAS=1 (Keras 2, which tfmot needs) if it is not set,
-and changes nothing else: call `install()` to extend stock tfmot entry points.
+and changes nothing else: call `install()` to extend stock tfmot entry points. Keras 3 models are
+accepted too: they are converted to their tf-keras twin first (`to_tf_keras`).
 """
 
 from lstm_transforms._keras import check_model  # noqa: F401  (sets up Keras 2 first)
@@ -13,6 +14,8 @@ from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, Quantized
 from lstm_transforms.registry import UnsupportedLayerError, register_cell, registered_cells, unregister_cell
 from lstm_transforms.scheme import RNNQuantizeScheme
 from lstm_transforms.serialization import quantize_scope
+from lstm_transforms.keras3 import register_keras3_layer, to_tf_keras, unregister_keras3_layer
+from lstm_transforms.loading import load_model
 
 __version__ = "0.1.0"
 
@@ -28,6 +31,10 @@ __all__ = [
     "unregister_cell",
     "registered_cells",
     "quantize_scope",
+    "to_tf_keras",
+    "register_keras3_layer",
+    "unregister_keras3_layer",
+    "load_model",
     "rewrite",
     "export_tflite",
     "ExportError",

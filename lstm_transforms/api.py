@@ -9,6 +9,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_scheme
 
 from lstm_transforms._keras import check_model
+from lstm_transforms.keras3 import ensure_tf_keras
 from lstm_transforms.registry import check_layer
 from lstm_transforms.scheme import RNNQuantizeScheme
 from lstm_transforms.serialization import quantize_scope
@@ -53,7 +54,8 @@ def _scheme_for(scheme):
 
 
 def quantize_annotate_model(to_annotate):
-    """tfmot's `quantize_annotate_model`, after lstm_transforms' graph rewrites."""
+    """tfmot's `quantize_annotate_model`, after lstm_transforms' graph rewrites (Keras 3 models: tf-keras twin)."""
+    to_annotate = ensure_tf_keras(to_annotate)
     check_model(to_annotate, "to_annotate")
     for layer in to_annotate.layers:  # fail before tfmot's clone can fail on an unknown cell class
         check_layer(layer)
@@ -64,6 +66,7 @@ def quantize_annotate_model(to_annotate):
 
 def quantize_apply(model, scheme=None, quantized_layer_name_prefix="quant_"):
     """tfmot's `quantize_apply` with `RNNQuantizeScheme` in place of the default 8-bit scheme."""
+    model = ensure_tf_keras(model)
     check_model(model, "model")
     with _cloning(model):
         return _STOCK["quantize_apply"](
@@ -76,7 +79,12 @@ def quantize_model(model, quantized_layer_name_prefix="quant_", scheme=None):
 
     Same contract as `tfmot.quantization.keras.quantize_model`: returns a new model with the
     original weights; `model` itself is not modified. `scheme` defaults to `RNNQuantizeScheme()`.
+
+    A Keras 3 functional or Sequential model is accepted too: it is converted first
+    (`lstm_transforms.to_tf_keras`). The QAT model returned is always a **tf-keras** model: compile and
+    fit it with tf-keras (or string) optimizers, losses, metrics and callbacks, not Keras 3 objects.
     """
+    model = ensure_tf_keras(model)
     check_model(model, "model")
     annotated = quantize_annotate_model(model)
     return quantize_apply(annotated, scheme=scheme, quantized_layer_name_prefix=quantized_layer_name_prefix)

@@ -23,20 +23,14 @@ class CLIError(Exception):
 
 
 def _load_model(path):
-    from lstm_transforms._keras import keras
-
     if not os.path.exists(path):
         raise CLIError(f"no such file or directory: {path}")
-    import lstm_transforms
+    from lstm_transforms.loading import load_model
 
     try:
-        with lstm_transforms.quantize_scope():
-            return keras.models.load_model(path, compile=False, safe_mode=False)
-    except TypeError:  # a loader without safe_mode (SavedModel)
-        with lstm_transforms.quantize_scope():
-            return keras.models.load_model(path, compile=False)
+        return load_model(path, safe_mode=False)
     except Exception as e:  # noqa: BLE001 - one clear line
-        raise CLIError(f"cannot load a tf-keras model from {path}: {type(e).__name__}: {_first_line(e)}") from e
+        raise CLIError(f"cannot load a Keras model from {path}: {type(e).__name__}: {_first_line(e)}") from e
 
 
 def _first_line(e):

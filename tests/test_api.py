@@ -119,14 +119,13 @@ def test_subclassed_model_rejected():
         lt.quantize_model(model)
 
 
-def test_keras3_model_rejected_with_instructions():
+def test_keras3_model_is_converted_to_tf_keras():
     keras3 = pytest.importorskip("keras")
-    if not keras3.__version__.startswith("3"):
-        pytest.skip("Keras 3 not installed")
     inputs = keras3.Input((6, 4))
     model = keras3.Model(inputs, keras3.layers.LSTM(4)(inputs))
-    with pytest.raises(ValueError, match="Keras 3 model.*tf-keras"):
-        lt.quantize_model(model)
+    qat = lt.quantize_model(model)
+    assert isinstance(qat, keras.Model)
+    assert [type(layer.layer).__name__ for layer in qat.layers if hasattr(layer, "layer")] == ["QuantizedLSTM"]
 
 
 def test_import_has_no_side_effects():

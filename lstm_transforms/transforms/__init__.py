@@ -26,6 +26,7 @@ import contextlib
 import warnings
 
 from lstm_transforms._keras import check_model, keras
+from lstm_transforms.keras3 import ensure_tf_keras
 from lstm_transforms.transforms import graph
 from lstm_transforms.transforms.pattern import Rule, apply_rules, find_matches
 from lstm_transforms.transforms.rules import float_op_lambda, nested_model, shape_lambda, tf_op_lambda
@@ -63,7 +64,9 @@ def rewrite(model, rules=RULES) -> keras.Model:
     When no rule applies, `model` itself is returned (nothing is rebuilt: rebuilding a tf-keras
     model costs ~8 ms per layer, and tfmot's annotation clones it anyway). Callers that need a
     private copy in that case should clone it; `needs_rewrite(model)` is the quick pre-check.
+    A Keras 3 model is converted to its tf-keras twin first (`lstm_transforms.to_tf_keras`).
     """
+    model = ensure_tf_keras(model)
     check_model(model)
     if not needs_rewrite(model):
         return model
