@@ -8,7 +8,8 @@ mean, 99th percentile and max, plus the class agreement of the model outputs.
 
 How layers are matched to flatbuffer tensors, in this order:
 
-1. A layer whose output is a model output: the flatbuffer's output tensor at the same position.
+1. A layer whose output is a model output: the flatbuffer's output tensor at the same position; the
+   `QuantizeLayer` on a model input: that input if it is int8, else the QUANTIZE op's output.
 2. By name: the converter names tensors after the ops that made them (`model/dense_1/MatMul;...`);
    the last tensor produced by an op whose name has a path segment equal to the layer's name (inside a
    quantize wrapper: the wrapped layer's name), with as many elements as the layer's output.
@@ -17,7 +18,7 @@ How layers are matched to flatbuffer tensors, in this order:
    made by those ops, with as many elements as the layer's output.
 
 A stripped flatbuffer (`flatbuffer_size.strip_strings`) has no tensor names: only rule 1 applies, so
-only the model outputs are compared (the other layers are listed as unmatched). Compare the unstripped
+only the model inputs and outputs are compared (the other layers are listed as unmatched). Compare the unstripped
 file: stripping changes no value, tensor indices stay the same.
 
 The QAT model is run as it would be at inference (`training=False`): call `calibrate` (or train) first.
@@ -48,7 +49,7 @@ class LayerError:
     mean: float
     p99: float
     max: float
-    how: str  # "output", "name" or "consumer": which matching rule found the tensor
+    how: str  # "output", "input", "name" or "consumer": which matching rule found the tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,12 @@ def _is_wrapper(layer):
     return isinstance(layer, quantize_wrapper.QuantizeWrapper)
 
 
+def _is_quantize_layer(layer):
+    from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
+
+    return isinstance(layer, quantize_layer.QuantizeLayer)
+
+
 def _flatbuffer_name(layer):
     return layer.layer.name if _is_wrapper(layer) else layer.name
 
@@ -101,7 +108,7 @@ def _class_name(layer):
 
 
 def _layer_nodes(model):
-    """(layer, output tensors, input layers) for every layer call of `model`'s own graph, in graph order.
+    """(layer, output tensors, input layers, input tensors) for every layer call of `model`'s own graph, in graph order.
 
     Taken from the model's nodes (not `layer.output`): a layer of a QAT model may also keep nodes of
     the graphs it was cloned from, and tensors from those would not connect to `model.inputs`.
@@ -112,9 +119,9 @@ def _layer_nodes(model):
         for node in sorted(model._nodes_by_depth[depth], key=lambda n: order.get(id(n.layer), -1)):
             if isinstance(node.layer, keras.layers.InputLayer):
                 continue
-            parents = [t._keras_history.layer for t in tf.nest.flatten(node.input_tensors)
-                       if getattr(t, "_keras_history", None) is not None]
-            found.append((node.layer, tf.nest.flatten(node.outputs), parents))
+            inputs = tf.nest.flatten(node.input_tensors)
+            parents = [t._keras_history.layer for t in inputs if getattr(t, "_keras_history", None) is not None]
+            found.append((node.layer, tf.nest.flatten(node.outputs), parents, inputs))
     return found
 
 
@@ -152,6 +159,16 @@ class _Flatbuffer:
             if name in segments and self.size(index) == size and (best is None or k >= self.producer[best]):
                 best = index
         return best
+
+    def quantized_input(self, position):
+        """The model input at `position` if it is integer, else the tensor the op reading it makes (QUANTIZE)."""
+        detail = self.inputs[position]
+        if np.issubdtype(np.dtype(detail["dtype"]), np.integer):
+            return detail["index"]
+        for op in self.ops:
+            if op["op_name"] == "QUANTIZE" and detail["index"] in [int(t) for t in op["inputs"]]:
+                return int(op["outputs"][0])
+        return None
 
     def read_by(self, name, size):
         """The tensor of `size` elements that ops named after `name` read without making it themselves."""
@@ -197,16 +214,22 @@ def _match(model, nodes, fb):
     """{layer name: (tensor index, rule)} and {layer name: why not} for the layer calls in `nodes`."""
     output_ids = [id(t) for t in model.outputs]
     consumers = {}
-    for layer, _, parents in nodes:
+    for layer, _, parents, _ in nodes:
         for p in parents:
             consumers.setdefault(id(p), []).append(layer)
     matched, unmatched = {}, {}
-    for layer, outputs, _ in nodes:
+    input_ids = [id(t) for t in model.inputs]
+    for layer, outputs, _, inputs in nodes:
         size = int(np.prod(outputs[0].shape[1:]))
         name = _flatbuffer_name(layer)
         if id(outputs[0]) in output_ids:
             matched[layer.name] = (fb.outputs[output_ids.index(id(outputs[0]))]["index"], "output")
             continue
+        if _is_quantize_layer(layer) and len(inputs) == 1 and id(inputs[0]) in input_ids:
+            index = fb.quantized_input(input_ids.index(id(inputs[0])))
+            if index is not None:
+                matched[layer.name] = (index, "input")
+                continue
         index = fb.by_name(name, size)
         if index is not None:
             matched[layer.name] = (index, "name")
@@ -248,7 +271,7 @@ def compare(qat_model, flatbuffer, data, *, max_samples=None, plot=None):
         raise ValueError(f"the flatbuffer has {len(fb.inputs)} inputs; the QAT model has {len(arrays)}")
     nodes = _layer_nodes(qat_model)
     matched, unmatched = _match(qat_model, nodes, fb)
-    tensors = [t for layer, outputs, _ in nodes if layer.name in matched for t in outputs[:1]]
+    tensors = [outputs[0] for layer, outputs, _, _ in nodes if layer.name in matched]
     probe = keras.Model(qat_model.inputs, tensors)
     qat_values = probe.predict(arrays if len(arrays) > 1 else arrays[0], batch_size=64, verbose=0)
     qat_values = qat_values if isinstance(qat_values, list) else [qat_values]
@@ -256,7 +279,7 @@ def compare(qat_model, flatbuffer, data, *, max_samples=None, plot=None):
     samples = [[a[i] for a in arrays] for i in range(len(arrays[0]))]
     tfl_values = fb.run(samples, indices)
     rows = []
-    names = [layer for layer, _, _ in nodes if layer.name in matched]
+    names = [node[0] for node in nodes if node[0].name in matched]
     for layer, qat_value in zip(names, qat_values):
         index, how = matched[layer.name]
         scale = fb.scale(index)
