@@ -42,13 +42,12 @@ def _classifier(name, *recurrent):
 
 
 KINDS = {
-    # name: (builder, QAT epochs)
-    "lstm": (lambda: _classifier("lstm", L.LSTM(16)), 25),
-    "gru": (lambda: _classifier("gru", L.GRU(16)), 25),
-    "simplernn": (lambda: _classifier("simplernn", L.SimpleRNN(16)), 25),
-    "bilstm": (lambda: _classifier("bilstm", L.Bidirectional(L.LSTM(16))), 25),
-    "stacked": (lambda: _classifier("stacked", L.LSTM(16, return_sequences=True), L.GRU(16)), 25),
-    "question": (question_model, 25),
+    "lstm": lambda: _classifier("lstm", L.LSTM(16)),
+    "gru": lambda: _classifier("gru", L.GRU(16)),
+    "simplernn": lambda: _classifier("simplernn", L.SimpleRNN(16)),
+    "bilstm": lambda: _classifier("bilstm", L.Bidirectional(L.LSTM(16))),
+    "stacked": lambda: _classifier("stacked", L.LSTM(16, return_sequences=True), L.GRU(16)),
+    "question": question_model,
 }
 
 
@@ -62,38 +61,61 @@ def _prepared(name, x):
     return x[..., None] if name == "question" else x
 
 
-@pytest.fixture(scope="module")
-def exported(data):
-    """{kind: (QAT model, int8-I/O flatbuffer, evaluation inputs)}: short QAT on JapaneseVowels, then export."""
-    x_train, y_train, x_all = data
-    out = {}
-    for name, (build, epochs) in KINDS.items():
-        keras.utils.set_random_seed(0)
-        xt = _prepared(name, x_train)
-        qat = lstm_transforms.quantize_model(build())
-        for _ in range(2):  # tfmot's ranges start at [0, 0]: training-mode passes set them
-            qat(xt[:64], training=True)
+def _qat(name, x_train, y_train, epochs):
+    keras.utils.set_random_seed(0)
+    xt = _prepared(name, x_train)
+    qat = lstm_transforms.quantize_model(KINDS[name]())
+    for _ in range(2):  # tfmot's ranges start at [0, 0]: training-mode passes set them
+        qat(xt[:64], training=True)
+    if epochs:
         qat.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
         qat.fit(xt, y_train, epochs=epochs, batch_size=32, verbose=0)
-        out[name] = (qat, export_tflite(qat, xt, int8_io=True), _prepared(name, x_all))
-    return out
+    return qat, export_tflite(qat, xt, int8_io=True)
 
 
-ARENAS = {}
+@pytest.fixture(scope="module")
+def exported(data):
+    """{kind: (QAT model, int8-I/O flatbuffer, inputs)}: untrained QAT models (ranges from two training-mode
+    passes on JapaneseVowels). Placement, arena and sizes do not depend on training."""
+    x_train, y_train, x_all = data
+    return {name: (*_qat(name, x_train, y_train, 0), _prepared(name, x_all)) for name in KINDS}
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_tflite_micro_gives_the_tflite_classes(exported, kind):
+@pytest.fixture(scope="module")
+def trained(data):
+    """The same kinds after 60 epochs of QAT on JapaneseVowels (270 sequences), exported."""
+    x_train, y_train, x_all = data
+    return {name: (*_qat(name, x_train, y_train, 60), _prepared(name, x_all)) for name in KINDS}
+
+
+# Bidirectional: TFLite Micro agrees with the QAT model on every sequence, the TFLite interpreter on
+# 99.53% (its integer LSTM kernel departs on the backward direction: up to 58 LSB on the hidden state).
+_TFLITE_OFF_QAT = pytest.mark.xfail(strict=True, reason="TFLite's interpreter, not TFLM, departs from QAT on "
+                                    "3 of 640 sequences (docs/devices.md)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [k if k != "bilstm" else pytest.param(k, marks=_TFLITE_OFF_QAT) for k in KINDS])
+def test_tflite_micro_gives_the_tflite_classes(trained, kind):
     """>= 99.9% the same classes as TFLite on all 640 JapaneseVowels sequences, state reset per sequence."""
-    _, fb, x = exported[kind]
+    _, fb, x = trained[kind]
     reference = tflite_utils.predict(fb, x)
     micro = devices.micro_predict(fb, x)
     agreement = float(np.mean(np.argmax(reference, -1) == np.argmax(micro, -1)))
-    arena = devices.micro_arena_bytes(fb)
-    ARENAS[kind] = arena
-    print(f"\n{kind}: TFLite Micro vs TFLite classes {100 * agreement:.2f}% of {len(x)}; arena {arena} bytes; "
-          f"{len(fb)} bytes")
+    print(f"\n{kind}: TFLite Micro vs TFLite classes {100 * agreement:.2f}% of {len(x)}; "
+          f"arena {devices.micro_arena_bytes(fb)} bytes; {len(fb)} bytes")
     assert agreement >= 0.999, agreement
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_tflite_micro_gives_the_qat_classes(trained, kind):
+    """What the device runs is what QAT trained: >= 99.5% the QAT model's classes (the issue's target)."""
+    qat, fb, x = trained[kind]
+    micro = devices.micro_predict(fb, x)
+    agreement = float(np.mean(np.argmax(qat.predict(x, verbose=0), -1) == np.argmax(micro, -1)))
+    print(f"\n{kind}: TFLite Micro vs QAT classes {100 * agreement:.2f}%")
+    assert agreement >= 0.995, agreement
 
 
 def test_tflite_micro_state_is_reset_per_sequence(exported):
@@ -206,7 +228,8 @@ def test_strip_strings_keeps_outputs_and_the_signature(exported, kind):
 
 def test_missing_wheels_raise_an_import_error_naming_the_extra(monkeypatch, exported):
     _, fb, x = exported["lstm"]
-    monkeypatch.setitem(sys.modules, "tflite_micro", None)
+    for name in [m for m in sys.modules if m == "tflite_micro" or m.startswith("tflite_micro.")]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r"lstm-transforms\[micro\]"):
         devices.micro_predict(fb, x[:1])
     monkeypatch.setitem(sys.modules, "ethosu", None)
