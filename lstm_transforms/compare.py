@@ -97,7 +97,8 @@ class CompareReport:
         for r in self.layers:
             unit = "" if r.scale is not None else " (float units)"
             lines.append(f"{r.layer:{width}}  {r.class_name[:18]:18} {r.mean:7.2f} {r.p99:7.2f} {r.max:7.2f}  "
-                         f"{own(r.own_mean)} {own(r.own_p99)} {own(r.own_max)}  #{r.tensor_index} {r.tensor[:40]}{unit}")
+                         f"{own(r.own_mean)} {own(r.own_p99)} {own(r.own_max)}  "
+                         f"#{r.tensor_index} {r.tensor[:40]}{unit}")
         for name, why in self.unmatched.items():
             lines.append(f"{name:{width}}  not compared: {why}")
         lines.append(f"class agreement: {100 * self.agreement:.2f}% of {self.samples} samples")
@@ -156,6 +157,7 @@ class _Flatbuffer:
         self.ops = self.it._get_ops_details()
         self.inputs = self.it.get_input_details()
         self.outputs = self.it.get_output_details()
+        self.has_names = any(d["name"] for d in self.details.values())
         self.producer = {}
         for k, op in enumerate(self.ops):
             for t in op["outputs"]:
@@ -257,8 +259,8 @@ def _match(model, nodes, fb):
                 matched[layer.name] = (index, "consumer")
                 break
         else:
-            unmatched[layer.name] = (f"no tensor of {size} elements named after '{name}' or read by its consumer "
-                                     "(a stripped flatbuffer has no tensor names; compare the unstripped one)")
+            hint = "" if fb.has_names else " (the flatbuffer is stripped of tensor names: compare the unstripped one)"
+            unmatched[layer.name] = f"no tensor of {size} elements named after '{name}' or read by its consumer{hint}"
     return matched, unmatched
 
 

@@ -51,7 +51,7 @@ def test_every_layer_is_matched_to_its_tensor_and_close(setup):
     assert made_by[_row(report, "quant_head").tensor_index] == "SOFTMAX"
     assert _row(report, "quant_head").how == "output" and _row(report, "quant_mid").how == "name"
     assert _row(report, "quantize_layer").max < 1e-3  # the int8 input: the same quantization (float rounding)
-    assert _row(report, "quant_flat").own_max == 0.0  # a reshape adds nothing
+    assert _row(report, "quant_flat").own_max < 1e-3  # a reshape adds nothing (float32 rounding only)
     for layer in ("quant_front", "quant_rnn", "quant_flat"):
         row = _row(report, layer)
         assert row.scale is not None and row.p99 <= 2.0 and row.own_p99 <= 2.0, row
