@@ -10,6 +10,7 @@ from lstm_transforms.api import install, is_installed, quantize_annotate_model, 
 from lstm_transforms.configs import QuantizedCellConfig, RNNQuantizeConfig
 from lstm_transforms.quantizers import PerGateWeightQuantizer
 from lstm_transforms.recurrent import QuantizedGRU, QuantizedLSTM, QuantizedRNN, QuantizedSimpleRNN
+from lstm_transforms.compare import compare
 from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
 from lstm_transforms.registry import UnsupportedLayerError, register_cell, registered_cells, unregister_cell
 from lstm_transforms.scheme import RNNQuantizeScheme
@@ -39,6 +40,7 @@ __all__ = [
     "export_tflite",
     "ExportError",
     "calibrate",
+    "compare",
     "FloatLambdaWarning",
     "UnsupportedLayerError",
     "RNNQuantizeConfig",

@@ -1,12 +1,17 @@
 """`lstm-transforms`: inspect what will be quantized, and export to fully-integer TFLite.
 
     lstm-transforms inspect MODEL                         # .h5 / .keras / SavedModel dir, or a .tflite
-    lstm-transforms export MODEL --calibration DATA.npy -o OUT.tflite [--int8-io]
+    lstm-transforms export MODEL --calibration DATA.npy -o OUT.tflite [--int8-io] [--target micro|ethos-u]
+    lstm-transforms compare MODEL FILE.tflite --data X.npy [--plot OUT.png]
 
 `inspect` on a Keras model prints, per layer, whether and how it is quantized (which tensors, bits,
 per-gate / per-channel / per-tensor) and why a layer is skipped; on a `.tflite` file it prints the
-ops and every tensor's dtype and quantization. `export` takes a QAT model (a float model is exported
-with post-training quantization and a note). Errors are one line on stderr and a non-zero exit code.
+ops, sizes, the TensorFlow Lite Micro arena and (with Vela installed) the Ethos-U NPU/CPU split, then
+every tensor's dtype and quantization. `export` takes a QAT model (a float model is exported with
+post-training quantization and a note); `--target micro` makes an int8-I/O, name-stripped file checked
+in TensorFlow Lite Micro, `--target ethos-u` also compiles it with Vela (OUT_vela.tflite). `compare`
+prints, per layer, how far the flatbuffer's tensors are from the QAT model's outputs, in LSBs.
+Errors are one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -135,13 +140,55 @@ def quantization_plan(model):
     return rows
 
 
+def _device_lines(flatbuffer):
+    """TFLite Micro arena and Vela placement of a flatbuffer, as printable lines (what is installed)."""
+    from lstm_transforms import devices
+
+    lines = []
+    try:
+        recorded = devices.micro_recorded_arena_bytes(flatbuffer)
+        lines.append(f"TFLite Micro arena: {devices.micro_arena_bytes(flatbuffer)} bytes needed "
+                     f"({recorded} bytes recorded by TFLM's allocator)")
+    except ImportError:
+        lines.append(f"TFLite Micro arena: not measured (tflite-micro not installed: {devices.INSTALL_HINT})")
+    except devices.DeviceError as e:
+        lines.append(f"TFLite Micro: {_first_line(e)}")
+    try:
+        lines.append(devices.vela_compile(flatbuffer).summary())
+    except ImportError:
+        lines.append(f"Ethos-U: not compiled (ethos-u-vela not installed: {devices.INSTALL_HINT})")
+    except devices.DeviceError as e:
+        lines.append(f"Ethos-U: {_first_line(e)}")
+    return lines
+
+
+def _inspect_tflite(path):
+    from collections import Counter
+
+    from lstm_transforms import flatbuffer_size, tflite_utils
+
+    if not os.path.exists(path):
+        raise CLIError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        flatbuffer = f.read()
+    try:
+        ops = Counter(tflite_utils.op_names(flatbuffer))
+        size = flatbuffer_size.size_breakdown(flatbuffer)
+    except Exception as e:  # noqa: BLE001 - one clear line
+        raise CLIError(f"cannot read {path} as a TFLite flatbuffer: {_first_line(e)}") from e
+    print(f"{path}: {size['total']} bytes ({size['buffers']} constant data, {size['other']} tables: "
+          f"{size['operators']} operators, {size['tensors']} tensors, {size['name_bytes']} bytes of tensor names)")
+    print("operators: " + ", ".join(f"{name} x{n}" for name, n in ops.most_common()))
+    for line in _device_lines(flatbuffer):
+        print(line)
+    print()
+    print(tflite_utils.summary(flatbuffer))
+    return 0
+
+
 def _cmd_inspect(args):
     if args.model.endswith(".tflite"):
-        from lstm_transforms import tflite_utils
-
-        with open(args.model, "rb") as f:
-            print(tflite_utils.summary(f.read()))
-        return 0
+        return _inspect_tflite(args.model)
     model = _load_model(args.model)
     try:
         rows = quantization_plan(model)
@@ -171,6 +218,9 @@ def _cmd_export(args):
         data = [np.load(p) for p in paths]
     except Exception as e:  # noqa: BLE001
         raise CLIError(f"cannot read calibration data: {_first_line(e)}") from e
+    if args.target != "tflite" and not args.int8_io:
+        print(f"note: --target {args.target} exports with int8 input/output (--int8-io).", file=sys.stderr)
+        args.int8_io = True
     if not any(_is_wrapper(layer) for layer in model.layers):
         print(f"note: {args.model} has no quantize wrappers (not a QAT model); exporting it with post-training "
               "quantization.", file=sys.stderr)
@@ -182,11 +232,81 @@ def _cmd_export(args):
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise CLIError(f"output directory does not exist: {out_dir}")
-    tmp = args.output + ".part"
-    with open(tmp, "wb") as f:
-        f.write(flatbuffer)
-    os.replace(tmp, args.output)
+    vela = None
+    if args.target != "tflite":
+        flatbuffer, vela = _for_device(flatbuffer, data if len(data) > 1 else data[0], args.target)
+    _write(args.output, flatbuffer)
     print(f"wrote {args.output} ({len(flatbuffer)} bytes)")
+    if vela is not None:
+        compiled = os.path.splitext(args.output)[0] + "_vela.tflite"
+        _write(compiled, vela.compiled)
+        print(vela.summary())
+        print(f"wrote {compiled} ({len(vela.compiled)} bytes, for the Ethos-U driver)")
+    return 0
+
+
+def _write(path, data):
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _for_device(flatbuffer, data, target, samples=32):
+    """Strip names, check the model in TFLite Micro against TFLite, print the arena; Vela for ethos-u."""
+    import numpy as np
+
+    from lstm_transforms import devices, flatbuffer_size, tflite_utils
+
+    stripped = flatbuffer_size.strip_strings(flatbuffer)
+    x = [a[:samples] for a in data] if isinstance(data, list) else data[:samples]
+    try:
+        reference = tflite_utils.predict(stripped, x)
+        micro = devices.micro_predict(stripped, x)
+        arena = devices.micro_arena_bytes(stripped)
+        vela = devices.vela_compile(stripped) if target == "ethos-u" else None
+    except ImportError as e:
+        raise CLIError(str(e)) from e
+    except devices.DeviceError as e:
+        raise CLIError(_first_line(e)) from e
+    reference = reference if isinstance(reference, list) else [reference]
+    micro = micro if isinstance(micro, list) else [micro]
+    agree = float(np.mean(np.argmax(reference[0], -1) == np.argmax(micro[0], -1)))
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(reference, micro))
+    print(f"stripped names: {len(flatbuffer)} -> {len(stripped)} bytes")
+    print(f"TFLite Micro: runs; on {len(reference[0])} calibration samples {100 * agree:.1f}% the same classes as "
+          f"TFLite (largest output difference {worst:.4g}); tensor arena {arena} bytes")
+    return stripped, vela
+
+
+def _cmd_compare(args):
+    import numpy as np
+
+    from lstm_transforms.compare import compare
+
+    model = _load_model(args.model)
+    if not os.path.exists(args.flatbuffer):
+        raise CLIError(f"no such file: {args.flatbuffer}")
+    for p in args.data:
+        if not os.path.exists(p):
+            raise CLIError(f"no such data file: {p}")
+    with open(args.flatbuffer, "rb") as f:
+        flatbuffer = f.read()
+    try:
+        data = [np.load(p) for p in args.data]
+    except Exception as e:  # noqa: BLE001
+        raise CLIError(f"cannot read data: {_first_line(e)}") from e
+    try:
+        report = compare(model, flatbuffer, data if len(data) > 1 else data[0], max_samples=args.max_samples,
+                         plot=args.plot)
+    except (ValueError, ImportError) as e:
+        raise CLIError(_first_line(e)) from e
+    print(report.summary())
+    first = report.first_divergent()
+    if first is not None:
+        print(f"first layer over 2 LSB (p99): {first.layer}")
+    if args.plot:
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -204,7 +324,18 @@ def _parser():
     p.add_argument("--int8-io", action="store_true", help="int8 model input/output instead of float")
     p.add_argument("--max-samples", type=int, default=None, help="use at most this many calibration samples")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--target", choices=["tflite", "micro", "ethos-u"], default="tflite",
+                   help="micro: int8 I/O, names stripped, checked in TFLite Micro (arena printed); "
+                        "ethos-u: that, and compiled with Vela for an Ethos-U55-128 (OUT_vela.tflite)")
     p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("compare", help="per layer error of a .tflite against its QAT model, in output LSBs")
+    p.add_argument("model", help="the tf-keras QAT model the flatbuffer was exported from")
+    p.add_argument("flatbuffer", metavar="FILE.tflite", help="the exported flatbuffer (not name-stripped)")
+    p.add_argument("--data", required=True, nargs="+", metavar="X.npy",
+                   help="inputs to run both on, samples on axis 0 (one .npy per model input)")
+    p.add_argument("--max-samples", type=int, default=None, help="use at most this many samples")
+    p.add_argument("--plot", metavar="OUT.png", default=None, help="also draw the errors (needs matplotlib)")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
