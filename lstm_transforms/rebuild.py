@@ -9,8 +9,10 @@ copies of every layer, wired as the model is, with the same weights.
 
 from __future__ import annotations
 
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as tfmot_wrapper
+
 from lstm_transforms._keras import keras
-from lstm_transforms.wrappers import inner_name_scope, is_quantize_wrapper
+from lstm_transforms.wrappers import QuantizeWrapperV2
 
 __all__ = ["stale_layers", "rebuilt"]
 
@@ -26,17 +28,10 @@ def stale_layers(model) -> list:
 
 
 def _copy(layer):
-    """A fresh layer from `layer`'s config. A quantize wrapper's inner layer is built the way the
-    original was (before the wrapper, in its own name scope): same weight order, same names."""
-    config = layer.get_config()
-    if not is_quantize_wrapper(layer):
-        return layer.__class__.from_config(config)
-    with inner_name_scope(config):
-        copy = layer.__class__.from_config(config)
-        build_config = layer.layer.get_build_config() if layer.layer.built else None
-        if not copy.layer.built and build_config:
-            copy.layer.build_from_config(build_config)
-    return copy
+    """A fresh layer from `layer`'s config. tfmot's QuantizeWrapperV2 becomes ours, which builds the
+    wrapped layer the way the original was built: same weight order, same variable names."""
+    cls = QuantizeWrapperV2 if type(layer) is tfmot_wrapper.QuantizeWrapperV2 else type(layer)
+    return cls.from_config(layer.get_config())
 
 
 def rebuilt(model):

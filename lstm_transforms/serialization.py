@@ -26,7 +26,8 @@ SERIALIZABLE_CLASSES = (
     configs.TimeDistributedQuantizeConfig,
     quantizers.PerGateWeightQuantizer,
     wrappers.MaskingQuantizeWrapper,
-    wrappers.QuantizeLayer,  # replaces tfmot's QuantizeLayer when loading (see its docstring)
+    wrappers.QuantizeWrapperV2,  # replaces tfmot's class of the same name when loading (see its docstring)
+    wrappers.QuantizeLayer,  # likewise
     layer_configs.IndexSlice,
     layer_configs.BatchNormQuantizeConfig,
     layer_configs.Conv1DQuantizeConfig,

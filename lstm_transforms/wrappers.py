@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import (
-    QuantizeWrapper,
-    QuantizeWrapperV2,
-)
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as tfmot_wrapper
 
 from lstm_transforms._keras import tf
 from lstm_transforms.recurrent import deferred_range_updates
 
-__all__ = ["MaskingQuantizeWrapper", "QuantizeConfigError", "QuantizeLayer", "is_quantize_wrapper", "inner_name_scope"]
+__all__ = [
+    "MaskingQuantizeWrapper",
+    "QuantizeWrapperV2",
+    "QuantizeLayer",
+    "QuantizeConfigError",
+    "is_quantize_wrapper",
+    "inner_name_scope",
+]
 
 
 class QuantizeConfigError(ValueError):
@@ -22,7 +26,7 @@ class QuantizeConfigError(ValueError):
 
 def is_quantize_wrapper(layer) -> bool:
     """tfmot's QuantizeWrapper / QuantizeWrapperV2, or a subclass such as `MaskingQuantizeWrapper`."""
-    return isinstance(layer, QuantizeWrapper)
+    return isinstance(layer, tfmot_wrapper.QuantizeWrapper)
 
 
 @contextlib.contextmanager
@@ -63,14 +67,39 @@ def _user_config_errors(wrapper):
         ) from e
 
 
+class QuantizeWrapperV2(tfmot_wrapper.QuantizeWrapperV2):
+    """tfmot's QuantizeWrapperV2, building the wrapped layer first, in the layer's own name scope.
+
+    tfmot's wrapper lists its variables differently depending on whether the wrapped layer was
+    built before it (always, when `quantize_model` creates it) or not (when a file is loaded), so
+    `.keras` loading refuses the file ("expected 6 variables, but received 8") and `.h5` loading of
+    multi-cell layers mixes up weights. Built first, the wrapped layer gets the same variables,
+    order and names as when the model was created. `quantize_scope` loads every saved
+    `QuantizeWrapperV2` as this class.
+    """
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            with tf.name_scope(self.layer.name + "/"):  # variable names as when the layer is called
+                self.layer.build(input_shape)
+        super().build(input_shape)
+
+    def build_from_config(self, config):
+        with tf.name_scope(self.name + "/"):  # `.keras` loading builds outside the layer's name scope
+            super().build_from_config(config)
+
+    @classmethod
+    def from_config(cls, config):
+        with inner_name_scope(config):
+            return super().from_config(config)
+
+
 class MaskingQuantizeWrapper(QuantizeWrapperV2):
-    """tfmot's QuantizeWrapperV2, made safe for recurrent and masking layers.
+    """A `QuantizeWrapperV2` made safe for recurrent and masking layers.
 
     * keeps the wrapped layer's Keras mask (tfmot's wrapper drops it, so an LSTM after a
       quantized ``Embedding(mask_zero=True)`` would run over the padding);
-    * builds the wrapped layer before collecting its weights, so the weight order is the same
-      when the model is created and when it is loaded again (tfmot's order depends on whether
-      the inner layer was already built, which breaks ``.h5`` loading of multi-cell layers);
+    * builds the wrapped layer before collecting its weights (see `QuantizeWrapperV2`);
     * applies the recurrent range updates after the wrapped layer's call, not between its
       directions (see `lstm_transforms.recurrent.deferred_range_updates`: MirroredStrategy);
     * reports a user QuantizeConfig that fails on the layer as a `QuantizeConfigError`.
@@ -81,16 +110,8 @@ class MaskingQuantizeWrapper(QuantizeWrapperV2):
         self.supports_masking = True
 
     def build(self, input_shape):
-        if not self.layer.built:
-            with tf.name_scope(self.layer.name + "/"):  # variable names as when the layer is called
-                self.layer.build(input_shape)
         with _user_config_errors(self):
             super().build(input_shape)
-
-    @classmethod
-    def from_config(cls, config):
-        with inner_name_scope(config):
-            return super().from_config(config)
 
     def call(self, inputs, training=None, **kwargs):
         with deferred_range_updates(), _user_config_errors(self):
@@ -112,3 +133,7 @@ class QuantizeLayer(tfmot_quantize_layer.QuantizeLayer):
     def build(self, input_shape):
         super().build(input_shape)
         self.built = True
+
+    def build_from_config(self, config):
+        with tf.name_scope(self.name + "/"):  # `.keras` loading builds outside the layer's name scope
+            super().build_from_config(config)
