@@ -8,7 +8,8 @@ over the data, in one or more passes of forward calls:
 
 - tfmot's moving-average activation quantizers (layer outputs, ReLU outputs, ...) and our recurrent
   cells' output / cell-state ranges take the extremes over every batch;
-- weight ranges are set from the weights, and the model input range from the data;
+- the model input ranges (tfmot's AllValuesQuantizer) too, from this data only;
+- weight ranges are set from the weights;
 - BatchNormalization runs in inference mode (its moving statistics, not batch statistics, and they
   are not updated); Dropout and recurrent dropout are off.
 
@@ -37,12 +38,16 @@ from lstm_transforms.wrappers import is_quantize_wrapper
 __all__ = ["calibrate"]
 
 
-def _batch_range(inputs, symmetric, narrow_range, num_bits):
-    """The per-tensor range tfmot's MovingAvgQuantize derives from one batch."""
+def _batch_range(inputs, quantizer):
+    """The per-tensor range tfmot's MovingAvgQuantize / AllValuesQuantize derives from one batch."""
     batch_min, batch_max = tf.reduce_min(inputs), tf.reduce_max(inputs)
-    if symmetric:
-        ratio = -1 if narrow_range else -((1 << num_bits) - 2) / (1 << num_bits)
-        return tf.minimum(batch_min, batch_max / ratio), tf.maximum(batch_max, batch_min * ratio)
+    if quantizer.symmetric:
+        bits = quantizer.num_bits
+        ratio = -1 if quantizer.narrow_range else -((1 << bits) - 2) / (1 << bits)
+        lo = tf.minimum(batch_min, batch_max / ratio)
+        # AllValuesQuantize derives the top from the new bottom, MovingAvgQuantize from the batch's.
+        bottom = lo if isinstance(quantizer, tfmot_quantizers.AllValuesQuantizer) else batch_min
+        return lo, tf.maximum(batch_max, bottom * ratio)
     return tf.minimum(batch_min, 0.0), tf.maximum(batch_max, 0.0)
 
 
@@ -65,9 +70,9 @@ def _assign_on_every_replica(var, value):
 
 
 class _RunningMinMaxQuantizer:
-    """Stands in for one of tfmot's MovingAverageQuantizers while `calibrate` runs: in training
-    mode its range becomes the min / max over every batch (and replica) seen, then it fake-quantizes
-    with that range (no EMA)."""
+    """Stands in for one of tfmot's activation quantizers (MovingAverageQuantizer, AllValuesQuantizer)
+    while `calibrate` runs: in training mode its range becomes the min / max over every batch of
+    this calibration, on every replica, then it fake-quantizes with that range (no EMA)."""
 
     def __init__(self, quantizer, seen):
         self.quantizer = quantizer
@@ -76,7 +81,7 @@ class _RunningMinMaxQuantizer:
     def __call__(self, inputs, training, weights, **kwargs):
         if training is True:
             q = self.quantizer
-            lo, hi = _batch_range(inputs, q.symmetric, q.narrow_range, q.num_bits)
+            lo, hi = _batch_range(inputs, q)
             lo, hi = replica_extreme(lo, tf.reduce_min), replica_extreme(hi, tf.reduce_max)
             min_var, max_var = weights["min_var"], weights["max_var"]
             key = (_replica_id(), id(min_var))
@@ -90,7 +95,8 @@ class _RunningMinMaxQuantizer:
 
 
 def _replaceable(quantizer):
-    return isinstance(quantizer, tfmot_quantizers.MovingAverageQuantizer) and not quantizer.per_axis
+    kinds = (tfmot_quantizers.MovingAverageQuantizer, tfmot_quantizers.AllValuesQuantizer)
+    return isinstance(quantizer, kinds) and not quantizer.per_axis
 
 
 @contextlib.contextmanager

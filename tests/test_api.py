@@ -148,3 +148,15 @@ def test_import_has_no_side_effects():
 def test_scheme_rejects_bad_bits():
     with pytest.raises(ValueError, match="weight_bits"):
         lt.RNNQuantizeScheme(weight_bits=12)
+
+
+def test_rnn_quantize_config_annotation_chooses_the_weight_bits():
+    inputs = keras.Input((6, 4))
+    config = lt.RNNQuantizeConfig([lt.QuantizedCellConfig(num_gates=4, weight_bits=4)])
+    h = tfmot_keras.quantize_annotate_layer(L.LSTM(5, name="lstm"), config)(inputs)
+    qat = lt.quantize_model(keras.Model(inputs, L.Dense(2)(h)))
+    wrapper = qat.get_layer("quant_lstm")
+    assert type(wrapper.layer.cell) is lt.QuantizedLSTMCell
+    assert [q.num_bits for _, q, _ in wrapper._weight_vars] == [4, 4]
+    lt.calibrate(qat, _x())
+    assert_recurrent_quantized(qat, _x())
