@@ -32,7 +32,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 from lstm_transforms import data as data_mod
 from lstm_transforms._keras import check_model, keras, tf
 from lstm_transforms.cells import _QuantizedCellMixin, replica_extreme
-from lstm_transforms.walk import walk
+from lstm_transforms.walk import is_cell, walk
 from lstm_transforms.wrappers import is_quantize_wrapper
 
 __all__ = ["calibrate"]
@@ -150,8 +150,7 @@ def _inference_behaviour(model):
         if isinstance(layer, keras.layers.Dropout):
             saved.append((layer, "rate", layer.rate))
             layer.rate = 0.0
-        is_cell = hasattr(layer, "state_size") and not isinstance(layer, keras.layers.RNN)
-        for attr in ("dropout", "recurrent_dropout") if is_cell else ():
+        for attr in ("dropout", "recurrent_dropout") if is_cell(layer) else ():
             if getattr(layer, attr, 0) and isinstance(getattr(layer, attr), (int, float)):
                 saved.append((layer, attr, getattr(layer, attr)))
                 setattr(layer, attr, 0.0)

@@ -20,7 +20,7 @@ from lstm_transforms.registry import check_layer, is_recurrent
 from lstm_transforms.serialization import custom_objects
 from lstm_transforms.wrappers import MaskingQuantizeWrapper
 
-__all__ = ["RNNLayoutTransform", "MaskingQuantizeWrapper", "quantized_layer_config", "swap_recurrent_layers"]
+__all__ = ["RNNLayoutTransform"]
 
 _LAYERS = {float_class.__name__: cls for float_class, cls in QUANTIZED_LAYERS.items()}
 _CELLS = {float_class.__name__: cls for float_class, cls in QUANTIZED_CELLS.items()}

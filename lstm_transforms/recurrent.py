@@ -34,7 +34,6 @@ __all__ = [
     "QuantizedGRU",
     "QuantizedSimpleRNN",
     "QUANTIZED_LAYERS",
-    "cells_of",
     "deferred_range_updates",
 ]
 

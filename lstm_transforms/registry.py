@@ -25,9 +25,7 @@ __all__ = [
     "unregister_cell",
     "registered_cells",
     "is_recurrent",
-    "check_cells",
     "check_layer",
-    "BUILTIN_CELLS",
 ]
 
 BUILTIN_CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell, keras.layers.SimpleRNNCell)

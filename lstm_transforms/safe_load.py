@@ -21,7 +21,7 @@ from tf_keras.src.saving import serialization_lib
 from lstm_transforms._keras import keras, tf
 from lstm_transforms.serialization import quantize_scope
 
-__all__ = ["UnsafeLambdaError", "load_model", "model_config", "python_lambdas", "model_with_placeholders"]
+__all__ = ["UnsafeLambdaError", "load_model", "model_config", "model_with_placeholders"]
 
 _REFUSAL = "Requested the deserialization of a Lambda layer with a Python `lambda`"
 

@@ -16,7 +16,6 @@ __all__ = [
     "QuantizeLayer",
     "QuantizeConfigError",
     "is_quantize_wrapper",
-    "inner_name_scope",
 ]
 
 
@@ -30,7 +29,7 @@ def is_quantize_wrapper(layer) -> bool:
 
 
 @contextlib.contextmanager
-def inner_name_scope(wrapper_config):
+def _inner_name_scope(wrapper_config):
     """The name scope of the layer inside a serialized wrapper, so that whatever deserializing it
     builds gets the variable names it had when it was first built (``lstm/lstm_cell/kernel:0``)."""
     inner = wrapper_config.get("layer", {})
@@ -90,7 +89,7 @@ class QuantizeWrapperV2(tfmot_wrapper.QuantizeWrapperV2):
 
     @classmethod
     def from_config(cls, config):
-        with inner_name_scope(config):
+        with _inner_name_scope(config):
             return super().from_config(config)
 
 

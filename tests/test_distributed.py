@@ -200,8 +200,8 @@ def _assert_loads_in_plain_process(script, out, arch):
     "arch",
     [
         "stacked",  # LSTM(return_sequences) -> GRU
-        # Regression: range updates between the two directions let replica 1 re-point the cells'
-        # weights mid-call ('Values to regroup had different lengths'); see deferred_range_updates.
+        # Both directions run on the same replica's weights: the range updates wait until the
+        # wrapped call ends (see deferred_range_updates).
         "bidirectional",
     ],
 )
