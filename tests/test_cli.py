@@ -165,3 +165,14 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"lstm-transforms {lstm_transforms.__version__}"
+
+
+def test_inspect_of_an_h5_lambda_with_an_explicit_output_shape(tmp_path, capsys):
+    i = keras.Input((10, 4, 1))
+    x = L.Lambda(lambda q: q[..., 0], output_shape=(10, 4), name="squeeze_last_dim")(i)
+    path = str(tmp_path / "m.h5")
+    keras.Model(i, L.Dense(3, name="head")(L.LSTM(8, name="rnn")(x))).save(path)
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "not loaded" in out[out.index("squeeze_last_dim"):out.index("rnn")]
+    assert "per-gate (4 blocks)" in out[out.index("rnn"):]
