@@ -7,16 +7,21 @@ accepted too: they are converted to their tf-keras twin first (`to_tf_keras`).
 
 from lstm_transforms._keras import check_model  # noqa: F401  (sets up Keras 2 first)
 from lstm_transforms.api import install, is_installed, quantize_annotate_model, quantize_apply, quantize_model, uninstall
+from lstm_transforms.calibration import calibrate
+from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
+from lstm_transforms.compare import compare
 from lstm_transforms.configs import QuantizedCellConfig, RNNQuantizeConfig
+from lstm_transforms.export import ExportError, export_tflite
+from lstm_transforms.keras3 import register_keras3_layer, to_tf_keras, unregister_keras3_layer
+from lstm_transforms.loading import load_model
+from lstm_transforms.options import QuantOptions
 from lstm_transforms.quantizers import PerGateWeightQuantizer
 from lstm_transforms.recurrent import QuantizedGRU, QuantizedLSTM, QuantizedRNN, QuantizedSimpleRNN
-from lstm_transforms.compare import compare
-from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
 from lstm_transforms.registry import UnsupportedLayerError, register_cell, registered_cells, unregister_cell
 from lstm_transforms.scheme import RNNQuantizeScheme
 from lstm_transforms.serialization import quantize_scope
-from lstm_transforms.keras3 import register_keras3_layer, to_tf_keras, unregister_keras3_layer
-from lstm_transforms.loading import load_model
+from lstm_transforms.transforms import FloatLambdaWarning, rewrite
+from lstm_transforms.wrappers import QuantizeConfigError
 
 __version__ = "0.1.0"
 
@@ -28,6 +33,7 @@ __all__ = [
     "uninstall",
     "is_installed",
     "RNNQuantizeScheme",
+    "QuantOptions",
     "register_cell",
     "unregister_cell",
     "registered_cells",
@@ -43,6 +49,7 @@ __all__ = [
     "compare",
     "FloatLambdaWarning",
     "UnsupportedLayerError",
+    "QuantizeConfigError",
     "RNNQuantizeConfig",
     "QuantizedCellConfig",
     "PerGateWeightQuantizer",
@@ -54,24 +61,3 @@ __all__ = [
     "QuantizedGRUCell",
     "QuantizedSimpleRNNCell",
 ]
-
-
-def __getattr__(name):
-    # Modules written by other parts of the package, imported on first use.
-    if name == "rewrite":
-        from lstm_transforms.transforms import rewrite
-
-        return rewrite
-    if name in ("export_tflite", "ExportError"):
-        from lstm_transforms import export
-
-        return getattr(export, name)
-    if name == "calibrate":
-        from lstm_transforms.calibration import calibrate
-
-        return calibrate
-    if name == "FloatLambdaWarning":
-        from lstm_transforms.transforms import FloatLambdaWarning
-
-        return FloatLambdaWarning
-    raise AttributeError(f"module 'lstm_transforms' has no attribute {name!r}")

@@ -5,14 +5,19 @@ import threading
 
 from tensorflow_model_optimization.python.core.api.quantization import keras as tfmot_keras_api
 from tensorflow_model_optimization.python.core.quantization.keras import quantize as tfmot_quantize
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_scheme as tfmot_quantize_scheme
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_scheme
 
 from lstm_transforms._keras import check_model
 from lstm_transforms.keras3 import ensure_tf_keras
+from lstm_transforms.rebuild import rebuilt, stale_layers
 from lstm_transforms.registry import check_layer
 from lstm_transforms.scheme import RNNQuantizeScheme
 from lstm_transforms.serialization import quantize_scope
+from lstm_transforms.transforms import clone_scope, rewrite
+from lstm_transforms.walk import walk
+from lstm_transforms.wrappers import is_quantize_wrapper
 
 __all__ = ["quantize_model", "quantize_annotate_model", "quantize_apply", "install", "uninstall", "is_installed"]
 
@@ -27,16 +32,23 @@ _installed = {}
 @contextlib.contextmanager
 def _cloning(model):
     """Everything tfmot's clone_model calls need: our classes, and the model's remaining Lambdas."""
-    from lstm_transforms.transforms import clone_scope
-
     with quantize_scope(), clone_scope(model):
         yield
 
 
-def _rewrite(model):
-    from lstm_transforms.transforms import rewrite
-
-    return rewrite(model)
+def _check_not_quantized(model, what):
+    """ValueError if `model` already holds quantize wrappers or QuantizeLayers (it is a QAT model)."""
+    found = [
+        layer.name
+        for layer in walk(model)
+        if is_quantize_wrapper(layer) or isinstance(layer, tfmot_quantize_layer.QuantizeLayer)
+    ]
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ValueError(
+            f"`{what}` is already quantized: it has quantize layers ({', '.join(repr(n) for n in found[:3])}{more}). "
+            "Quantize the float model it was made from, or keep training this QAT model as it is."
+        )
 
 
 def _scheme_for(scheme):
@@ -57,21 +69,28 @@ def quantize_annotate_model(to_annotate):
     """tfmot's `quantize_annotate_model`, after lstm_transforms' graph rewrites (Keras 3 models: tf-keras twin)."""
     to_annotate = ensure_tf_keras(to_annotate)
     check_model(to_annotate, "to_annotate")
+    _check_not_quantized(to_annotate, "to_annotate")
     for layer in to_annotate.layers:  # fail before tfmot's clone can fail on an unknown cell class
         check_layer(layer)
-    rewritten = _rewrite(to_annotate)
+    rewritten = rewrite(to_annotate)
     with _cloning(rewritten):
         return _STOCK["quantize_annotate_model"](rewritten)
 
 
 def quantize_apply(model, scheme=None, quantized_layer_name_prefix="quant_"):
-    """tfmot's `quantize_apply` with `RNNQuantizeScheme` in place of the default 8-bit scheme."""
+    """tfmot's `quantize_apply` with `RNNQuantizeScheme` in place of the default 8-bit scheme.
+
+    Every layer of the returned model has exactly its graph nodes in that model (`layer.output`
+    and sub-models built from it work).
+    """
     model = ensure_tf_keras(model)
     check_model(model, "model")
+    _check_not_quantized(model, "model")
     with _cloning(model):
-        return _STOCK["quantize_apply"](
+        qat = _STOCK["quantize_apply"](
             model, scheme=_scheme_for(scheme), quantized_layer_name_prefix=quantized_layer_name_prefix
         )
+        return rebuilt(qat) if stale_layers(qat) else qat
 
 
 def quantize_model(model, quantized_layer_name_prefix="quant_", scheme=None):
@@ -86,6 +105,7 @@ def quantize_model(model, quantized_layer_name_prefix="quant_", scheme=None):
     """
     model = ensure_tf_keras(model)
     check_model(model, "model")
+    _check_not_quantized(model, "model")
     annotated = quantize_annotate_model(model)
     return quantize_apply(annotated, scheme=scheme, quantized_layer_name_prefix=quantized_layer_name_prefix)
 

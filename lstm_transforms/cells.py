@@ -15,32 +15,14 @@ Learned ranges are moving averages of per-batch min/max collected over *every* t
 layer (``recurrent.py``), never updated inside the loop.
 """
 
-import threading
-
 from tf_keras.src import backend
 
 from lstm_transforms._keras import keras, tf
+from lstm_transforms.options import QuantOptions
 from lstm_transforms.quantizers import asymmetric_bounds, fake_quant_asymmetric, fake_quant_fixed_unit
 from lstm_transforms.quantizers import fake_quant_power_of_two, power_of_two_bounds
 
-__all__ = ["QuantizedLSTMCell", "QuantizedGRUCell", "QuantizedSimpleRNNCell", "QUANTIZED_CELLS", "QUANT_DEFAULTS"]
-
-
-class _Flag(threading.local):
-    active = False
-
-
-# Set by `lstm_transforms.calibrate`: ranges take the min / max over all batches instead of an EMA.
-_RUNNING_MIN_MAX = _Flag()
-
-QUANT_DEFAULTS = {
-    "quant_mode": "full",  # "full" or "weights" (weights only: keeps the fused backend function)
-    "quant_activation_bits": 8,
-    "quant_gate_bits": 16,
-    "quant_state_bits": 16,
-    "quant_cell_clip": 10.0,
-    "quant_ema_decay": 0.99,
-}
+__all__ = ["QuantizedLSTMCell", "QuantizedGRUCell", "QuantizedSimpleRNNCell", "QUANTIZED_CELLS", "replica_extreme"]
 
 _BOUNDED = {"sigmoid", "tanh", "hard_sigmoid"}
 
@@ -49,30 +31,54 @@ def _activation_name(fn):
     return keras.activations.serialize(fn) if fn is not None else "linear"
 
 
+def replica_extreme(value, reduce):
+    """`reduce` (tf.reduce_min / tf.reduce_max) of a scalar over every replica in sync.
+
+    Outside a replica context, or with one replica, `value` itself.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return reduce(context.all_gather(tf.reshape(value, [1]), axis=0))
+
+
 class _QuantizedCellMixin:
-    """Range variables, statistics sink and option handling shared by the quantized cells."""
+    """Options, range variables and statistics shared by the quantized cells.
+
+    The cell takes the stock cell's arguments plus the ``quant_*`` keys of `QuantOptions`.
+    """
 
     FLOAT_CLASS = None
     NUM_GATES = 1
     STATISTICS = ("output",)  # tensors whose per-batch statistics set the learned ranges
 
-    def _pop_quant_options(self, kwargs):
-        options = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
-        if options["quant_mode"] not in ("full", "weights"):
-            raise ValueError(f"quant_mode must be 'full' or 'weights', got {options['quant_mode']!r}")
-        for key in ("quant_activation_bits", "quant_gate_bits", "quant_state_bits"):
-            if not 2 <= int(options[key]) <= 16:
-                raise ValueError(f"{key} must be in [2, 16], got {options[key]}")
-        self.__dict__.update({"_quant": options})
-        return kwargs
+    def __init__(self, *args, **kwargs):
+        options = QuantOptions.pop_from(kwargs)
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "_running_min_max", False)
 
-    @property
-    def quant_options(self):
-        return dict(self._quant)
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_ranges()
+
+    def build_from_config(self, config):
+        """Nothing: the cell's RNN layer builds it, inside the RNN's name scope (deserialization
+        would otherwise build it first, with variable names that lose the layer's prefix)."""
+
+    def get_config(self):
+        return {**super().get_config(), **self.options.to_config()}
 
     @property
     def full_quantization(self):
-        return self._quant["quant_mode"] == "full"
+        return self.options.full
+
+    def use_running_min_max(self, active):
+        """While True, `observe` keeps the extremes over every batch (and replica) instead of an EMA.
+
+        A property of the cell, not of the thread: MirroredStrategy's replica threads see it too.
+        """
+        object.__setattr__(self, "_running_min_max", bool(active))
 
     def _initial_output_range(self):
         bounded = _activation_name(self.activation) == "tanh"
@@ -91,7 +97,7 @@ class _QuantizedCellMixin:
         self.quant_output_max = add("quant_output_max", hi)
         if "cell_state" in self.STATISTICS:
             # Start wide (the clip, or 16 unclipped) so early states are not clamped while learning.
-            self.quant_cell_max_abs = add("quant_cell_max_abs", self._quant["quant_cell_clip"] or 16.0)
+            self.quant_cell_max_abs = add("quant_cell_max_abs", self.options.cell_clip or 16.0)
         self.quant_observed = add("quant_observed", 0.0)
         self.collect_statistics(None)
 
@@ -110,7 +116,7 @@ class _QuantizedCellMixin:
         if frozen:
             bounds = {"output": asymmetric_bounds(self.quant_output_min, self.quant_output_max)}
             if "cell_state" in self.STATISTICS:
-                bounds["cell_state"] = power_of_two_bounds(self.quant_cell_max_abs, self._quant["quant_state_bits"])
+                bounds["cell_state"] = power_of_two_bounds(self.quant_cell_max_abs, self.options.state_bits)
         object.__setattr__(self, "_frozen_bounds", bounds)
 
     def _bounds(self, key):
@@ -125,7 +131,7 @@ class _QuantizedCellMixin:
     def _quantize_gate(self, x, activation):
         if not self.full_quantization or _activation_name(activation) not in _BOUNDED:
             return x
-        return fake_quant_fixed_unit(x, self._quant["quant_gate_bits"])
+        return fake_quant_fixed_unit(x, self.options.gate_bits)
 
     def _quantize_output(self, h):
         if not self.full_quantization:
@@ -133,37 +139,40 @@ class _QuantizedCellMixin:
         if self._stats_sink is not None:
             self._stats_sink.append((self, "output", h))
         return fake_quant_asymmetric(
-            h, self.quant_output_min, self.quant_output_max, self._quant["quant_activation_bits"],
+            h, self.quant_output_min, self.quant_output_max, self.options.activation_bits,
             bounds=self._bounds("output"),
         )
 
     def _quantize_cell_state(self, c):
         if not self.full_quantization:
             return c
-        clip = self._quant["quant_cell_clip"]
+        clip = self.options.cell_clip
         if clip:
             c = tf.clip_by_value(c, -clip, clip)
         if self._stats_sink is not None:
             self._stats_sink.append((self, "cell_state", c))
         return fake_quant_power_of_two(
-            c, self.quant_cell_max_abs, self._quant["quant_state_bits"], bounds=self._bounds("cell_state")
+            c, self.quant_cell_max_abs, self.options.state_bits, bounds=self._bounds("cell_state")
         )
 
     def observe(self, observed):
-        """Moving-average update of the learned ranges from {statistic: values of one batch}."""
+        """Update the learned ranges from {statistic: values of one batch}: a moving average, or
+        the running extremes while `use_running_min_max(True)`."""
         batch_stats = {}
         if "output" in observed:
             batch_stats["output_min"] = tf.reduce_min(observed["output"])
             batch_stats["output_max"] = tf.reduce_max(observed["output"])
         if "cell_state" in observed:
             batch_stats["cell_max_abs"] = tf.reduce_max(tf.abs(observed["cell_state"]))
-        decay = self._quant["quant_ema_decay"]
+        decay = self.options.ema_decay
         seen = self.quant_observed
         updates = []
         for key, value in batch_stats.items():
             var = getattr(self, "quant_" + key)
-            if _RUNNING_MIN_MAX.active:  # `lstm_transforms.calibrate`: extremes over every batch seen
-                merged = tf.minimum(var, value) if key.endswith("_min") else tf.maximum(var, value)
+            if self._running_min_max:  # `lstm_transforms.calibrate`: extremes over every batch and replica
+                lowest = key.endswith("_min")
+                value = replica_extreme(value, tf.reduce_min if lowest else tf.reduce_max)
+                merged = tf.minimum(var, value) if lowest else tf.maximum(var, value)
             else:
                 merged = decay * var + (1.0 - decay) * value
             new = tf.where(seen > 0, merged, value)
@@ -172,9 +181,6 @@ class _QuantizedCellMixin:
             updates.append(seen.assign(1.0))
         return updates
 
-    def get_config(self):
-        return {**super().get_config(), **self._quant}
-
 
 class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
     """LSTMCell with TFLite integer-LSTM fake quantization (gates i, f, c, o)."""
@@ -182,13 +188,6 @@ class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
     FLOAT_CLASS = keras.layers.LSTMCell
     NUM_GATES = 4
     STATISTICS = ("output", "cell_state")
-
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **self._pop_quant_options(kwargs))
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
 
     def call(self, inputs, states, training=None):
         if not self.full_quantization:
@@ -217,13 +216,6 @@ class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
 
     FLOAT_CLASS = keras.layers.GRUCell
     NUM_GATES = 3
-
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **self._pop_quant_options(kwargs))
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
 
     def call(self, inputs, states, training=None):
         if not self.full_quantization:
@@ -263,13 +255,6 @@ class QuantizedSimpleRNNCell(_QuantizedCellMixin, keras.layers.SimpleRNNCell):
 
     FLOAT_CLASS = keras.layers.SimpleRNNCell
     NUM_GATES = 1
-
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **self._pop_quant_options(kwargs))
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
 
     def call(self, inputs, states, training=None):
         output, new_state = super().call(inputs, states, training=training)

@@ -1,39 +1,40 @@
-"""`lstm-transforms`: inspect what will be quantized, and export to fully-integer TFLite.
+"""The commands of `lstm-transforms` (the parser, `--help` and `--version` are in `lstm_transforms_cli`).
 
-    lstm-transforms inspect MODEL                         # .h5 / .keras / SavedModel dir, or a .tflite
-    lstm-transforms export MODEL --calibration DATA.npy -o OUT.tflite [--int8-io] [--target micro|ethos-u]
-    lstm-transforms compare MODEL FILE.tflite --data X.npy [--plot OUT.png]
-
-`inspect` on a Keras model prints, per layer, whether and how it is quantized (which tensors, bits,
-per-gate / per-channel / per-tensor) and why a layer is skipped; on a `.tflite` file it prints the
-ops, sizes, the TensorFlow Lite Micro arena and (with Vela installed) the Ethos-U NPU/CPU split, then
-every tensor's dtype and quantization. `export` takes a QAT model (a float model is exported with
-post-training quantization and a note); `--target micro` makes an int8-I/O, name-stripped file checked
-in TensorFlow Lite Micro, `--target ethos-u` also compiles it with Vela (OUT_vela.tflite). `compare`
-prints, per layer, how far the flatbuffer's tensors are from the QAT model's outputs, in LSBs.
-Errors are one line on stderr and a non-zero exit code.
+`inspect` prints per layer how a model is quantized (on a .tflite: ops, sizes, TFLite Micro arena,
+Ethos-U placement); `export` writes a fully-integer .tflite (`--target micro|ethos-u` for devices);
+`compare` reports per layer how far a .tflite is from its QAT model. Models load in Keras safe mode
+unless the user passes `--unsafe-lambda` (see `lstm_transforms.loading`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import warnings
 
-__all__ = ["main", "quantization_plan"]
+import numpy as np
+
+from lstm_transforms import loading
+from lstm_transforms._keras import keras
+from lstm_transforms.api import quantize_model
+from lstm_transforms.export import export_tflite
+from lstm_transforms.walk import cells_of
+from lstm_transforms.wrappers import is_quantize_wrapper
+
+__all__ = ["main", "run", "quantization_plan"]
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def _load_model(path):
+def _load_model(path, unsafe_lambda=False):
     if not os.path.exists(path):
         raise CLIError(f"no such file or directory: {path}")
-    from lstm_transforms.loading import load_model
-
     try:
-        return load_model(path, safe_mode=False)
+        return loading.load_model(path, safe_mode=not unsafe_lambda)
+    except loading.UnsafeLambdaError:
+        raise
     except Exception as e:  # noqa: BLE001 - one clear line
         raise CLIError(f"cannot load a Keras model from {path}: {type(e).__name__}: {_first_line(e)}") from e
 
@@ -56,15 +57,15 @@ def _quantizer_text(quantizer):
     return f"int{bits or 8} {how}{sym}"
 
 
-def _is_wrapper(layer):
-    from lstm_transforms.export import _is_quantize_wrapper
-
-    return _is_quantize_wrapper(layer)
+def _describe_cell(cell):
+    if isinstance(cell, keras.layers.LSTMCell):
+        return (f"{type(cell).__name__}: output and h(t-1) int8 (one range), gate activations int16, "
+                "cell state int16 with a power-of-two scale, clipped to +-10 (TFLite integer LSTM)")
+    return (f"{type(cell).__name__}: output and h(t-1) int8 (one range); exported unrolled "
+            "as integer FULLY_CONNECTED/LOGISTIC/TANH/MUL/ADD ops")
 
 
 def _describe_wrapper(w):
-    from lstm_transforms._keras import keras
-
     parts = []
     inner = w.layer
     for var, quantizer, _ in getattr(w, "_weight_vars", []):
@@ -82,17 +83,8 @@ def _describe_wrapper(w):
             parts.append("pre-activation: int8 per-tensor")
     if getattr(w, "_output_quantizers", None):
         parts.append(f"output: {_quantizer_text(w._output_quantizers[0])}")
-    rnn = getattr(inner, "forward_layer", inner)
-    cell = getattr(rnn, "cell", None)
-    if cell is not None:
-        cells = getattr(cell, "cells", None) or [cell]
-        for c in cells:
-            if isinstance(c, keras.layers.LSTMCell):
-                parts.append(f"{type(c).__name__}: output and h(t-1) int8 (one range), gate activations int16, "
-                             "cell state int16 with a power-of-two scale, clipped to +-10 (TFLite integer LSTM)")
-            else:
-                parts.append(f"{type(c).__name__}: output and h(t-1) int8 (one range); exported unrolled "
-                             "as integer FULLY_CONNECTED/LOGISTIC/TANH/MUL/ADD ops")
+    for text in dict.fromkeys(_describe_cell(cell) for cell in cells_of(inner)):  # once per kind of cell
+        parts.append(text)
     if not parts:
         parts.append("no tensors quantized here (pass-through)")
     return parts
@@ -101,18 +93,16 @@ def _describe_wrapper(w):
 def quantization_plan(model):
     """Rows `(layer name, class, status, [details])` describing how `lstm_transforms.quantize_model`
     treats each layer of `model` (or, for an already-QAT model, how it is quantized)."""
-    import lstm_transforms
-
-    qat = model if any(_is_wrapper(layer) for layer in model.layers) else lstm_transforms.quantize_model(model)
+    qat = model if any(is_quantize_wrapper(layer) for layer in model.layers) else quantize_model(model)
     by_inner = {}
     for layer in qat.layers:
-        if _is_wrapper(layer):
+        if is_quantize_wrapper(layer):
             by_inner[layer.layer.name] = layer
     rows = []
     source = model if qat is not model else qat
     for layer in source.layers:
         cls = type(layer).__name__
-        if _is_wrapper(layer):
+        if is_quantize_wrapper(layer):
             rows.append((layer.layer.name, type(layer.layer).__name__, "quantized", _describe_wrapper(layer)))
         elif cls == "InputLayer":
             rows.append((layer.name, cls, "skipped", ["model input (quantized by the QuantizeLayer after it)"]))
@@ -134,10 +124,57 @@ def quantization_plan(model):
     if qat is not model:
         known = {layer.name for layer in model.layers}
         for layer in qat.layers:
-            if _is_wrapper(layer) and layer.layer.name not in known:
+            if is_quantize_wrapper(layer) and layer.layer.name not in known:
                 rows.append((layer.layer.name, type(layer.layer).__name__, "quantized (added by a rewrite)",
                              _describe_wrapper(layer)))
     return rows
+
+
+def _print_rows(title, rows):
+    width = max(len(r[0]) for r in rows)
+    cwidth = max(len(r[1]) for r in rows)
+    print(title)
+    for name, cls, status, details in rows:
+        print(f"{name:{width}}  {cls:{cwidth}}  {status}")
+        for d in details:
+            print(f"{'':{width}}  {'':{cwidth}}    - {d}")
+
+
+_NOT_LOADED = ("a Python lambda: its bytecode was not run (Keras safe mode), so it is shown as float; "
+               "rerun with --unsafe-lambda if you trust this file")
+
+
+def _config_rows(path, refused):
+    """Layer names and classes read from the file's config, when the model cannot be rebuilt."""
+    config = None if os.path.isdir(path) else loading.model_config(path)
+    rows = []
+    for layer in (config or {}).get("config", {}).get("layers", []):
+        name, cls = layer.get("config", {}).get("name", "?"), layer.get("class_name", "?")
+        if name in refused:
+            rows.append((name, cls, "not loaded", [_NOT_LOADED]))
+        else:
+            rows.append((name, cls, "not analysed", ["the model cannot be rebuilt without running the Lambda code"]))
+    return rows
+
+
+def _inspect_without_lambdas(path, refusal):
+    """The plan of the model with its refused Lambdas replaced by placeholders; or, when the file
+    does not record their output shapes, the layer list of its config and a CLIError."""
+    try:
+        model, names = loading.model_with_placeholders(path)
+    except loading.UnsafeLambdaError:
+        rows = _config_rows(path, refusal.names)
+        if rows:
+            _print_rows(f"{path}: {len(rows)} layers (from the saved config; not analysed)", rows)
+        raise CLIError(f"{refusal} The file does not record the output shape of those Lambda layers, so the rest "
+                       "of the model could not be analysed.") from refusal
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the placeholders' FloatLambdaWarning: reported in the rows instead
+        rows = quantization_plan(model)
+    rows = [(n, "Lambda", "not loaded", [_NOT_LOADED]) if n in names else (n, c, s, d) for n, c, s, d in rows]
+    _print_rows(f"{path}: {len(rows)} layers", rows)
+    print(f"lstm-transforms inspect: note: {refusal}", file=sys.stderr)
+    return 0
 
 
 def _device_lines(flatbuffer):
@@ -189,27 +226,23 @@ def _inspect_tflite(path):
 def _cmd_inspect(args):
     if args.model.endswith(".tflite"):
         return _inspect_tflite(args.model)
-    model = _load_model(args.model)
+    try:
+        model = _load_model(args.model, args.unsafe_lambda)
+    except loading.UnsafeLambdaError as refusal:
+        return _inspect_without_lambdas(args.model, refusal)
     try:
         rows = quantization_plan(model)
     except Exception as e:  # noqa: BLE001 - quantize_model's own message, one line
         raise CLIError(f"cannot quantize {args.model}: {_first_line(e)}") from e
-    width = max(len(r[0]) for r in rows)
-    cwidth = max(len(r[1]) for r in rows)
-    print(f"{args.model}: {len(rows)} layers")
-    for name, cls, status, details in rows:
-        print(f"{name:{width}}  {cls:{cwidth}}  {status}")
-        for d in details:
-            print(f"{'':{width}}  {'':{cwidth}}    - {d}")
+    _print_rows(f"{args.model}: {len(rows)} layers", rows)
     return 0
 
 
 def _cmd_export(args):
-    import numpy as np
-
-    from lstm_transforms.export import export_tflite
-
-    model = _load_model(args.model)
+    try:
+        model = _load_model(args.model, args.unsafe_lambda)
+    except loading.UnsafeLambdaError as refusal:
+        raise CLIError(str(refusal)) from refusal
     paths = args.calibration
     for p in paths:
         if not os.path.exists(p):
@@ -221,7 +254,7 @@ def _cmd_export(args):
     if args.target != "tflite" and not args.int8_io:
         print(f"note: --target {args.target} exports with int8 input/output (--int8-io).", file=sys.stderr)
         args.int8_io = True
-    if not any(_is_wrapper(layer) for layer in model.layers):
+    if not any(is_quantize_wrapper(layer) for layer in model.layers):
         print(f"note: {args.model} has no quantize wrappers (not a QAT model); exporting it with post-training "
               "quantization.", file=sys.stderr)
     try:
@@ -254,8 +287,6 @@ def _write(path, data):
 
 def _for_device(flatbuffer, data, target, samples=32):
     """Strip names, check the model in TFLite Micro against TFLite, print the arena; Vela for ethos-u."""
-    import numpy as np
-
     from lstm_transforms import devices, flatbuffer_size, tflite_utils
 
     stripped = flatbuffer_size.strip_strings(flatbuffer)
@@ -280,11 +311,12 @@ def _for_device(flatbuffer, data, target, samples=32):
 
 
 def _cmd_compare(args):
-    import numpy as np
-
     from lstm_transforms.compare import compare
 
-    model = _load_model(args.model)
+    try:
+        model = _load_model(args.model, args.unsafe_lambda)
+    except loading.UnsafeLambdaError as refusal:
+        raise CLIError(str(refusal)) from refusal
     if not os.path.exists(args.flatbuffer):
         raise CLIError(f"no such file: {args.flatbuffer}")
     for p in args.data:
@@ -310,46 +342,26 @@ def _cmd_compare(args):
     return 0
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="lstm-transforms", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="show per layer how a model is quantized (or a .tflite's tensors)")
-    p.add_argument("model", help="a tf-keras model (.h5, .keras, SavedModel directory) or a .tflite file")
-    p.set_defaults(func=_cmd_inspect)
-    p = sub.add_parser("export", help="export a QAT model to a fully-integer .tflite")
-    p.add_argument("model", help="a tf-keras QAT model (.h5, .keras, SavedModel directory)")
-    p.add_argument("--calibration", required=True, nargs="+", metavar="DATA.npy",
-                   help="representative inputs, samples on axis 0 (one .npy per model input)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
-    p.add_argument("--int8-io", action="store_true", help="int8 model input/output instead of float")
-    p.add_argument("--max-samples", type=int, default=None, help="use at most this many calibration samples")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--target", choices=["tflite", "micro", "ethos-u"], default="tflite",
-                   help="micro: int8 I/O, names stripped, checked in TFLite Micro (arena printed); "
-                        "ethos-u: that, and compiled with Vela for an Ethos-U55-128 (OUT_vela.tflite)")
-    p.set_defaults(func=_cmd_export)
-    p = sub.add_parser("compare", help="per layer error of a .tflite against its QAT model, in output LSBs")
-    p.add_argument("model", help="the tf-keras QAT model the flatbuffer was exported from")
-    p.add_argument("flatbuffer", metavar="FILE.tflite", help="the exported flatbuffer (not name-stripped)")
-    p.add_argument("--data", required=True, nargs="+", metavar="X.npy",
-                   help="inputs to run both on, samples on axis 0 (one .npy per model input)")
-    p.add_argument("--max-samples", type=int, default=None, help="use at most this many samples")
-    p.add_argument("--plot", metavar="OUT.png", default=None, help="also draw the errors (needs matplotlib)")
-    p.set_defaults(func=_cmd_compare)
-    return parser
-
-
-def main(argv=None):
-    args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def run(args) -> int:
+    """Run the parsed command line `args` (from `lstm_transforms_cli.parser()`); the exit code."""
     try:
-        return args.func(args)
+        return _COMMANDS[args.command](args)
     except CLIError as e:
         print(f"lstm-transforms {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - never a traceback for the user
         print(f"lstm-transforms {args.command}: error: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
         return 1
+
+
+_COMMANDS = {"inspect": _cmd_inspect, "export": _cmd_export, "compare": _cmd_compare}
+
+
+def main(argv=None) -> int:
+    """`lstm-transforms ARGS...` in this process (the same as the console script)."""
+    from lstm_transforms_cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 ``RNNQuantizeConfig`` is the config tfmot's QuantizeWrapper sees for a whole recurrent layer
 (LSTM, GRU, SimpleRNN, RNN, Bidirectional). It composes one config per cell, in the order of
-``recurrent.cells_of(layer)``, and hands each cell its own weights and activations, like tfmot's
+``walk.cells_of(layer)``, and hands each cell its own weights and activations, like tfmot's
 ``Default8BitQuantizeConfigRNN`` but for stacked, bidirectional and user cells too.
 """
 
@@ -10,7 +10,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_confi
 
 from lstm_transforms._keras import keras
 from lstm_transforms.quantizers import PerGateWeightQuantizer
-from lstm_transforms.recurrent import cells_of
+from lstm_transforms.walk import cells_of
 
 __all__ = ["QuantizedCellConfig", "RNNQuantizeConfig", "TimeDistributedQuantizeConfig"]
 

@@ -17,8 +17,8 @@
   `Masking` (zeroes padded steps and carries the mask to the recurrent layer) and `MaxPooling1D`
   (TFLite's MAX_POOL_2D keeps its input's scale): pass quantization through, like tfmot's `Reshape`.
 
-`extra_types_dict()` lists every serializable class this package adds here, for
-`tfmot.quantization.keras.quantize_scope` and for loading saved models.
+The classes here are serializable through `lstm_transforms.quantize_scope` (the list lives in
+``serialization.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ __all__ = [
     "Conv1DQuantizeConfig",
     "Conv1DWeightsQuantizer",
     "extra_quantize_config",
-    "extra_types_dict",
 ]
 
 
@@ -138,14 +137,3 @@ def extra_quantize_config(layer):
     if kind in (IndexSlice, keras.layers.Masking, keras.layers.MaxPooling1D):
         return _pass_through()
     return None
-
-
-def extra_types_dict():
-    """Every serializable class added here, by its serialized name."""
-    return {
-        "IndexSlice": IndexSlice,
-        "lstm_transforms>IndexSlice": IndexSlice,
-        "BatchNormQuantizeConfig": BatchNormQuantizeConfig,
-        "Conv1DQuantizeConfig": Conv1DQuantizeConfig,
-        "Conv1DWeightsQuantizer": Conv1DWeightsQuantizer,
-    }

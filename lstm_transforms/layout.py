@@ -1,34 +1,37 @@
 """Layout transform: swap recurrent layers for their quantized subclasses, then wrap them.
 
-Runs after tfmot's own layout transform (Conv/BN folding etc.). Only layers the user annotated
-without a QuantizeConfig of their own are swapped; every other layer object is reused as is.
-Recurrent and mask-carrying layers are wrapped here in ``MaskingQuantizeWrapper`` (a
-``QuantizeWrapperV2``); tfmot's ``quantize_apply`` keeps wrappers it finds and wraps the rest.
+Runs after tfmot's own layout transform (Conv/BN folding etc.). Recurrent layers annotated without
+a QuantizeConfig, or with an `RNNQuantizeConfig`, are swapped; a layer with any other config of the
+user's is kept as it is. Recurrent and mask-carrying layers are wrapped here in
+``MaskingQuantizeWrapper`` (a ``QuantizeWrapperV2``); tfmot's ``quantize_apply`` keeps wrappers it
+finds and wraps the rest.
 """
 
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layout_transform import (
     QuantizeLayoutTransform,
 )
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapperV2
 
 from lstm_transforms._keras import keras
-from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
-from lstm_transforms.recurrent import QuantizedGRU, QuantizedLSTM, QuantizedRNN, QuantizedSimpleRNN
-from lstm_transforms.recurrent import deferred_range_updates
+from lstm_transforms.cells import QUANTIZED_CELLS
+from lstm_transforms.configs import RNNQuantizeConfig
+from lstm_transforms.options import QuantOptions
+from lstm_transforms.recurrent import QUANTIZED_LAYERS, QuantizedRNN
 from lstm_transforms.registry import check_layer, is_recurrent
+from lstm_transforms.serialization import custom_objects
+from lstm_transforms.wrappers import MaskingQuantizeWrapper
 
-__all__ = ["RNNLayoutTransform", "MaskingQuantizeWrapper", "quantized_layer_config", "swap_recurrent_layers"]
+__all__ = ["RNNLayoutTransform"]
 
-_LAYERS = {cls.FLOAT_CLASS.__name__: cls for cls in (QuantizedLSTM, QuantizedGRU, QuantizedSimpleRNN, QuantizedRNN)}
-_CELLS = {cls.FLOAT_CLASS.__name__: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}
+_LAYERS = {float_class.__name__: cls for float_class, cls in QUANTIZED_LAYERS.items()}
+_CELLS = {float_class.__name__: cls for float_class, cls in QUANTIZED_CELLS.items()}
 
 
 def _swap(serialized, table, options):
     cls = table[serialized["class_name"]]
     config = dict(serialized["config"])
-    if cls in _CELLS.values() or cls in (QuantizedLSTM, QuantizedGRU, QuantizedSimpleRNN):
-        config.update(options)
-    if cls is QuantizedRNN:
+    if cls is not QuantizedRNN:  # the quantized cells and the layers that build one take the options
+        config.update(options.to_config())
+    else:
         config["cell"] = _swap_cell(config["cell"], options)
     return {"class_name": cls.__name__, "config": config, "module": cls.__module__, "registered_name": cls.__name__}
 
@@ -44,7 +47,7 @@ def _swap_cell(serialized, options):
     return serialized  # a registered user cell: quantized by its own QuantizeConfig
 
 
-def quantized_layer_config(serialized, options):
+def quantized_layer_config(serialized, options: QuantOptions):
     """The serialized quantized version of a serialized stock recurrent layer."""
     name = serialized["class_name"]
     if name == "Bidirectional":
@@ -56,12 +59,6 @@ def quantized_layer_config(serialized, options):
     if name in _LAYERS:
         return _swap(serialized, _LAYERS, options)
     return serialized
-
-
-def _custom_objects():
-    from lstm_transforms.serialization import custom_objects
-
-    return custom_objects()
 
 
 def _float_weights(layer):
@@ -76,7 +73,7 @@ def swap_recurrent_layers(model, layer_names, options):
         if layer.name not in layer_names:
             return layer
         config = quantized_layer_config(keras.layers.serialize(layer), options)
-        with keras.utils.custom_object_scope(_custom_objects()):
+        with keras.utils.custom_object_scope(custom_objects()):
             new = keras.layers.deserialize(config)
         swapped[layer.name] = (layer, new)
         return new
@@ -89,35 +86,6 @@ def swap_recurrent_layers(model, layer_names, options):
             raise RuntimeError(f"Layer '{old.name}': weight layout changed while quantizing ({len(values)} -> {len(targets)})")
         keras.backend.batch_set_value(list(zip(targets, values)))
     return new_model
-
-
-class MaskingQuantizeWrapper(QuantizeWrapperV2):
-    """tfmot's QuantizeWrapperV2, made safe for recurrent and masking layers.
-
-    * keeps the wrapped layer's Keras mask (tfmot's wrapper drops it, so an LSTM after a
-      quantized ``Embedding(mask_zero=True)`` would run over the padding);
-    * builds the wrapped layer before collecting its weights, so the weight order is the same
-      when the model is created and when it is loaded again (tfmot's order depends on whether
-      the inner layer was already built, which breaks ``.h5`` loading of multi-cell layers);
-    * applies the recurrent range updates after the wrapped layer's call, not between its
-      directions (see `lstm_transforms.recurrent.deferred_range_updates`: MirroredStrategy).
-    """
-
-    def __init__(self, layer, quantize_config, name_prefix="quant_", **kwargs):
-        super().__init__(layer, quantize_config, name_prefix=name_prefix, **kwargs)
-        self.supports_masking = True
-
-    def build(self, input_shape):
-        if not self.layer.built:
-            self.layer.build(input_shape)
-        super().build(input_shape)
-
-    def call(self, inputs, training=None, **kwargs):
-        with deferred_range_updates():
-            return super().call(inputs, training=training, **kwargs)
-
-    def compute_mask(self, inputs, mask=None):
-        return self.layer.compute_mask(inputs, mask)
 
 
 def _carries_mask(layer):
@@ -151,9 +119,9 @@ def wrap_layers(model, layer_quantize_map, registry):
 class RNNLayoutTransform(QuantizeLayoutTransform):
     """tfmot's layout transform, then the recurrent-layer swap and mask-preserving wrappers."""
 
-    def __init__(self, base_transform, quant_options, registry):
+    def __init__(self, base_transform, quant_options: QuantOptions, registry):
         self.base_transform = base_transform
-        self.quant_options = dict(quant_options)
+        self.quant_options = quant_options
         self.registry = registry
 
     def apply(self, model, layer_quantize_map):
@@ -165,8 +133,11 @@ class RNNLayoutTransform(QuantizeLayoutTransform):
         names = set()
         for layer in model.layers:
             entry = layer_quantize_map.get(layer.name)
-            if entry is None or entry.get("quantize_config") is not None:
+            if entry is None:
                 continue
+            config = entry.get("quantize_config")
+            if config is not None and not isinstance(config, RNNQuantizeConfig):
+                continue  # the user's own config: the layer stays as it is
             check_layer(layer)
             if is_recurrent(layer):
                 names.add(layer.name)

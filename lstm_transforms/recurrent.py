@@ -20,11 +20,13 @@ direction on another replica's weights.
 import contextlib
 import threading
 
+from tf_keras.src import backend
 from tf_keras.src.utils import generic_utils
 
 from lstm_transforms._keras import keras, tf
-from lstm_transforms.cells import QUANT_DEFAULTS, QUANTIZED_CELLS, QuantizedGRUCell, QuantizedLSTMCell
-from lstm_transforms.cells import QuantizedSimpleRNNCell, _QuantizedCellMixin
+from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell, _QuantizedCellMixin
+from lstm_transforms.options import QuantOptions
+from lstm_transforms.walk import cells_of
 
 __all__ = [
     "QuantizedRNN",
@@ -32,7 +34,6 @@ __all__ = [
     "QuantizedGRU",
     "QuantizedSimpleRNN",
     "QUANTIZED_LAYERS",
-    "cells_of",
     "deferred_range_updates",
 ]
 
@@ -51,23 +52,10 @@ def deferred_range_updates():
     for layout, stats, training in queued:
         _QuantizedLoopMixin._fold_statistics(layout, stats, training)
 
-from tf_keras.src import backend  # noqa: E402  (the module RNN.call itself uses)
-
 
 def _static(flag):
     """The Python value of a training flag, or None when it is only known at run time."""
     return tf.get_static_value(flag) if tf.is_tensor(flag) else flag
-
-
-def cells_of(layer_or_cell):
-    """Flat list of the cells inside an RNN layer, StackedRNNCells or Bidirectional, in order."""
-    if isinstance(layer_or_cell, keras.layers.Bidirectional):
-        return cells_of(layer_or_cell.forward_layer) + cells_of(layer_or_cell.backward_layer)
-    if isinstance(layer_or_cell, keras.layers.RNN):
-        return cells_of(layer_or_cell.cell)
-    if isinstance(layer_or_cell, keras.layers.StackedRNNCells):
-        return [c for cell in layer_or_cell.cells for c in cells_of(cell)]
-    return [layer_or_cell]
 
 
 def _quantized_cells(layer):
@@ -75,7 +63,27 @@ def _quantized_cells(layer):
 
 
 class _QuantizedLoopMixin:
-    """`call` of the quantized layers: tf-keras RNN.call plus range statistics over all steps."""
+    """`call` of the quantized layers: tf-keras RNN.call plus range statistics over all steps.
+
+    Layers with a `CELL_CLASS` (LSTM, GRU, SimpleRNN) take the stock layer's arguments plus the
+    ``quant_*`` keys of `QuantOptions`, and run that quantized cell in place of the stock one.
+    """
+
+    FLOAT_CLASS = keras.layers.RNN
+    CELL_CLASS = None
+
+    def __init__(self, *args, **kwargs):
+        options = QuantOptions.pop_from(kwargs) if self.CELL_CLASS is not None else None
+        super().__init__(*args, **kwargs)
+        if options is not None:
+            config = {**self.cell.get_config(), **options.to_config()}
+            self.cell = self.CELL_CLASS.from_config(config)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.CELL_CLASS is not None:
+            config.update(self.cell.options.to_config())
+        return config
 
     def _fused_allowed(self):
         return False
@@ -194,53 +202,25 @@ class _QuantizedLoopMixin:
             update()
 
 
-def _with_quantized_cell(layer, cell_class, quant_options):
-    """Replace the cell a stock LSTM/GRU/SimpleRNN built in its __init__ by the quantized one."""
-    config = layer.cell.get_config()
-    config.update(quant_options)
-    layer.cell = cell_class.from_config(config)
-
-
 class QuantizedLSTM(_QuantizedLoopMixin, keras.layers.LSTM):
     FLOAT_CLASS = keras.layers.LSTM
-
-    def __init__(self, units, **kwargs):
-        quant = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
-        super().__init__(units, **kwargs)
-        _with_quantized_cell(self, QuantizedLSTMCell, quant)
+    CELL_CLASS = QuantizedLSTMCell
 
     def _fused_allowed(self):
         return self._could_use_gpu_kernel
-
-    def get_config(self):
-        return {**super().get_config(), **self.cell.quant_options}
 
 
 class QuantizedGRU(_QuantizedLoopMixin, keras.layers.GRU):
     FLOAT_CLASS = keras.layers.GRU
-
-    def __init__(self, units, **kwargs):
-        quant = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
-        super().__init__(units, **kwargs)
-        _with_quantized_cell(self, QuantizedGRUCell, quant)
+    CELL_CLASS = QuantizedGRUCell
 
     def _fused_allowed(self):
         return self._could_use_gpu_kernel
 
-    def get_config(self):
-        return {**super().get_config(), **self.cell.quant_options}
-
 
 class QuantizedSimpleRNN(_QuantizedLoopMixin, keras.layers.SimpleRNN):
     FLOAT_CLASS = keras.layers.SimpleRNN
-
-    def __init__(self, units, **kwargs):
-        quant = {key: kwargs.pop(key, default) for key, default in QUANT_DEFAULTS.items()}
-        super().__init__(units, **kwargs)
-        _with_quantized_cell(self, QuantizedSimpleRNNCell, quant)
-
-    def get_config(self):
-        return {**super().get_config(), **self.cell.quant_options}
+    CELL_CLASS = QuantizedSimpleRNNCell
 
 
 class QuantizedRNN(_QuantizedLoopMixin, keras.layers.RNN):
@@ -252,4 +232,3 @@ class QuantizedRNN(_QuantizedLoopMixin, keras.layers.RNN):
 QUANTIZED_LAYERS = {
     cls.FLOAT_CLASS: cls for cls in (QuantizedLSTM, QuantizedGRU, QuantizedSimpleRNN, QuantizedRNN)
 }
-QUANTIZED_CELL_CLASSES = QUANTIZED_CELLS

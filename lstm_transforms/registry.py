@@ -16,7 +16,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.d
 from lstm_transforms._keras import keras
 from lstm_transforms.cells import _QuantizedCellMixin
 from lstm_transforms.configs import QuantizedCellConfig, RNNQuantizeConfig, TimeDistributedQuantizeConfig
-from lstm_transforms.recurrent import cells_of
+from lstm_transforms.walk import cells_of
 
 __all__ = [
     "RNNQuantizeRegistry",
@@ -25,9 +25,7 @@ __all__ = [
     "unregister_cell",
     "registered_cells",
     "is_recurrent",
-    "check_cells",
     "check_layer",
-    "BUILTIN_CELLS",
 ]
 
 BUILTIN_CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell, keras.layers.SimpleRNNCell)

@@ -6,16 +6,12 @@ from tensorflow_model_optimization.python.core.quantization.keras.experimental.d
 )
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_scheme import QuantizeScheme
 
+from lstm_transforms.layer_configs import extra_quantize_config
 from lstm_transforms.layout import RNNLayoutTransform
+from lstm_transforms.options import QuantOptions
 from lstm_transforms.registry import RNNQuantizeRegistry
 
 __all__ = ["RNNQuantizeScheme"]
-
-
-def _extra_config():
-    from lstm_transforms.layer_configs import extra_quantize_config
-
-    return extra_quantize_config
 
 
 class RNNQuantizeScheme(QuantizeScheme):
@@ -48,61 +44,47 @@ class RNNQuantizeScheme(QuantizeScheme):
     ):
         if not 2 <= weight_bits <= 8:
             raise ValueError(f"weight_bits must be in [2, 8], got {weight_bits}")
-        for name, bits in (("activation_bits", activation_bits), ("gate_bits", gate_bits), ("state_bits", state_bits)):
-            if not 2 <= bits <= 16:
-                raise ValueError(f"{name} must be in [2, 16], got {bits}")
-        if cell_clip < 0:
-            raise ValueError(f"cell_clip must be >= 0, got {cell_clip}")
-        if not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.weight_bits = int(weight_bits)
-        self.activation_bits = int(activation_bits)
-        self.gate_bits = int(gate_bits)
-        self.state_bits = int(state_bits)
-        self.cell_clip = float(cell_clip)
-        self.weights_only = bool(weights_only)
-        self.ema_decay = float(ema_decay)
+        self.options = QuantOptions(  # validates the recurrent options
+            mode="weights" if weights_only else "full",
+            activation_bits=activation_bits,
+            gate_bits=gate_bits,
+            state_bits=state_bits,
+            cell_clip=cell_clip,
+            ema_decay=ema_decay,
+        )
         self.disable_per_axis = bool(disable_per_axis)
 
     def _base_scheme(self):
-        if self.weight_bits == 8 and self.activation_bits == 8:
+        if self.weight_bits == 8 and self.options.activation_bits == 8:
             return default_8bit_quantize_scheme.Default8BitQuantizeScheme(disable_per_axis=self.disable_per_axis)
         return default_n_bit_quantize_scheme.DefaultNBitQuantizeScheme(
             disable_per_axis=self.disable_per_axis,
             num_bits_weight=self.weight_bits,
-            num_bits_activation=self.activation_bits,
+            num_bits_activation=self.options.activation_bits,
         )
-
-    def quant_options(self):
-        """The `quant_*` options every quantized recurrent cell is built with."""
-        return {
-            "quant_mode": "weights" if self.weights_only else "full",
-            "quant_activation_bits": self.activation_bits,
-            "quant_gate_bits": self.gate_bits,
-            "quant_state_bits": self.state_bits,
-            "quant_cell_clip": self.cell_clip,
-            "quant_ema_decay": self.ema_decay,
-        }
 
     def get_layout_transformer(self):
         return RNNLayoutTransform(
-            self._base_scheme().get_layout_transformer(), self.quant_options(), self.get_quantize_registry()
+            self._base_scheme().get_layout_transformer(), self.options, self.get_quantize_registry()
         )
 
     def get_quantize_registry(self):
         return RNNQuantizeRegistry(
-            self._base_scheme().get_quantize_registry(), weight_bits=self.weight_bits, extra_config=_extra_config()
+            self._base_scheme().get_quantize_registry(), weight_bits=self.weight_bits,
+            extra_config=extra_quantize_config,
         )
 
     def get_config(self):
+        options = self.options
         return {
             "weight_bits": self.weight_bits,
-            "activation_bits": self.activation_bits,
-            "gate_bits": self.gate_bits,
-            "state_bits": self.state_bits,
-            "cell_clip": self.cell_clip,
-            "weights_only": self.weights_only,
-            "ema_decay": self.ema_decay,
+            "activation_bits": options.activation_bits,
+            "gate_bits": options.gate_bits,
+            "state_bits": options.state_bits,
+            "cell_clip": options.cell_clip,
+            "weights_only": not options.full,
+            "ema_decay": options.ema_decay,
             "disable_per_axis": self.disable_per_axis,
         }
 

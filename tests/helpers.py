@@ -6,7 +6,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapp
 
 from lstm_transforms._keras import keras
 from lstm_transforms.cells import _QuantizedCellMixin
-from lstm_transforms.recurrent import cells_of
+from lstm_transforms.walk import cells_of
 from lstm_transforms.registry import is_recurrent
 
 

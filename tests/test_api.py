@@ -67,8 +67,13 @@ def test_install_is_idempotent_and_uninstall_restores_exact_functions():
 
 
 def test_quantize_apply_with_rnn_scheme_explicitly():
-    annotated = tfmot_keras.quantize_annotate_model(keras.Sequential([keras.Input((6, 4)), L.Dense(3)]))
-    assert tfmot_keras.quantize_apply(annotated, scheme=lt.RNNQuantizeScheme()) is not None
+    dense = keras.Sequential([keras.Input((6, 4)), L.Dense(3, name="dense")])
+    qat = tfmot_keras.quantize_apply(tfmot_keras.quantize_annotate_model(dense), scheme=lt.RNNQuantizeScheme())
+    wrapper = qat.get_layer("quant_dense")
+    assert [w.name.split("/")[-1] for w, _, _ in wrapper._weight_vars] == ["kernel:0"]
+    x = _x()
+    lt.calibrate(qat, x)
+    np.testing.assert_allclose(qat(x).numpy(), dense(x).numpy(), atol=0.02 * np.abs(dense(x).numpy()).max())
     model = _lstm_gru_model()
     # Stock annotate works on an LSTM model; stock apply with our scheme quantizes it.
     qat = tfmot_keras.quantize_apply(tfmot_keras.quantize_annotate_model(model), scheme=lt.RNNQuantizeScheme())
@@ -120,7 +125,9 @@ def test_subclassed_model_rejected():
 
 
 def test_keras3_model_is_converted_to_tf_keras():
-    keras3 = pytest.importorskip("keras")
+    import keras as keras3  # installed next to tf-keras (TensorFlow 2.21 depends on it)
+
+    assert keras3.__version__.startswith("3.")
     inputs = keras3.Input((6, 4))
     model = keras3.Model(inputs, keras3.layers.LSTM(4)(inputs))
     qat = lt.quantize_model(model)
@@ -142,3 +149,15 @@ def test_import_has_no_side_effects():
 def test_scheme_rejects_bad_bits():
     with pytest.raises(ValueError, match="weight_bits"):
         lt.RNNQuantizeScheme(weight_bits=12)
+
+
+def test_rnn_quantize_config_annotation_chooses_the_weight_bits():
+    inputs = keras.Input((6, 4))
+    config = lt.RNNQuantizeConfig([lt.QuantizedCellConfig(num_gates=4, weight_bits=4)])
+    h = tfmot_keras.quantize_annotate_layer(L.LSTM(5, name="lstm"), config)(inputs)
+    qat = lt.quantize_model(keras.Model(inputs, L.Dense(2)(h)))
+    wrapper = qat.get_layer("quant_lstm")
+    assert type(wrapper.layer.cell) is lt.QuantizedLSTMCell
+    assert [q.num_bits for _, q, _ in wrapper._weight_vars] == [4, 4]
+    lt.calibrate(qat, _x())
+    assert_recurrent_quantized(qat, _x())

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import lstm_transforms as lt
-from lstm_transforms._keras import keras
-from lstm_transforms.recurrent import cells_of
+from lstm_transforms._keras import keras, tf
+from lstm_transforms.walk import cells_of
 
 L = keras.layers
 T, F = 8, 5
@@ -42,6 +42,7 @@ def test_ranges_are_the_extremes_of_the_data_and_nothing_else_changes():
 
     # tfmot's Conv1D ReLU output range: the float layer's extremes (it sees the 8-bit input).
     front = keras.Model(model.input, model.get_layer("front").output)(x).numpy()
+    assert abs(front.max() - 6.0) > 1.0  # far from tfmot's initial range [-6, 6]: the range must have learned
     assert _var(qat, "front/post_activation_max:0") == pytest.approx(front.max(), rel=0.03)
     assert _var(qat, "front/post_activation_min:0") == 0.0
     # The standalone BatchNormalization output range: its inference-mode output, not batch statistics.
@@ -100,3 +101,112 @@ def test_bad_arguments():
         lt.calibrate(qat, np.zeros((4, T + 1, F), "float32"))
     with pytest.raises(ValueError, match="only tf-keras functional and Sequential"):
         lt.calibrate(None, _data())
+
+
+# --- Every recurrent kind -------------------------------------------------------------------------
+
+
+class _CellStateProbe(L.LSTMCell):
+    """An LSTMCell whose output is its cell state c (to read c at every step from a float RNN)."""
+
+    def call(self, inputs, states, training=None):
+        _, (h, c) = super().call(inputs, states, training=training)
+        return c, [h, c]
+
+
+def _sequences(rnn, x):
+    """The float h sequence (and c for LSTM cells) of every cell of a float RNN layer on input `x`."""
+    cells = rnn.cell.cells if isinstance(rnn.cell, L.StackedRNNCells) else [rnn.cell]
+    found = []
+    for cell in cells:
+        weights = cell.get_weights()
+        probes = {"output": type(cell).from_config(cell.get_config())}
+        if isinstance(cell, L.LSTMCell):
+            probes["cell_state"] = _CellStateProbe.from_config(cell.get_config())
+        values = {}
+        for key, probe in probes.items():
+            layer = L.RNN(probe, return_sequences=True, go_backwards=rnn.go_backwards)
+            layer(x[:1])
+            probe.set_weights(weights)
+            values[key] = layer(x).numpy()
+        found.append(values)
+        x = values["output"] if not rnn.go_backwards else values["output"][:, ::-1]
+    return found
+
+
+def _float_cell_sequences(layer, x):
+    if isinstance(layer, L.Bidirectional):
+        return _sequences(layer.forward_layer, x) + _sequences(layer.backward_layer, x)
+    return _sequences(layer, x)
+
+
+_KINDS = {
+    "lstm": lambda: L.LSTM(6, return_sequences=True, name="rnn"),
+    "gru": lambda: L.GRU(6, return_sequences=True, name="rnn"),
+    "simplernn": lambda: L.SimpleRNN(6, return_sequences=True, name="rnn"),
+    "rnn-lstmcell": lambda: L.RNN(L.LSTMCell(6), return_sequences=True, name="rnn"),
+    "rnn-stacked": lambda: L.RNN(L.StackedRNNCells([L.LSTMCell(6), L.GRUCell(5), L.SimpleRNNCell(4)]),
+                                 return_sequences=True, name="rnn"),
+    **{
+        f"bidirectional-{mode}": (lambda mode=mode: L.Bidirectional(L.LSTM(5, return_sequences=True),
+                                                                    merge_mode=mode, name="rnn"))
+        for mode in ("concat", "sum", "ave", "mul", None)
+    },
+    "bidirectional-gru": lambda: L.Bidirectional(L.GRU(5, return_sequences=True), name="rnn"),
+}
+
+
+def _kind_model(make):
+    inputs = keras.Input((T, F))
+    h = make()(inputs)
+    if isinstance(h, list):  # Bidirectional(merge_mode=None)
+        h = L.Concatenate()(h)
+    return keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+
+
+def _generator(x):
+    def samples():
+        for k in range(len(x)):
+            yield x[k]
+
+    return samples
+
+
+@pytest.mark.parametrize("kind", list(_KINDS))
+def test_every_recurrent_kind_gets_the_extremes_of_the_data(kind):
+    model, x = _kind_model(_KINDS[kind]), _data(64)
+    qat = lt.quantize_model(model)
+    lt.calibrate(qat, _generator(x), batch_size=16, passes=2)
+
+    layer = model.get_layer("rnn")
+    expected = _float_cell_sequences(layer, x)
+    cells = cells_of(qat.get_layer("quant_rnn").layer)
+    assert len(cells) == len(expected) >= 1
+    for cell, sequences in zip(cells, expected):
+        h = sequences["output"]
+        assert float(cell.quant_output_min.numpy()) == pytest.approx(h.min(), abs=0.03), cell.name
+        assert float(cell.quant_output_max.numpy()) == pytest.approx(h.max(), abs=0.03), cell.name
+        if "cell_state" in sequences:
+            c = np.abs(sequences["cell_state"]).max()
+            assert c > 1.0  # not the initial clip value 10 either
+            assert float(cell.quant_cell_max_abs.numpy()) == pytest.approx(c, rel=0.03), cell.name
+    head = model(x).numpy()
+    assert _var(qat, "quant_head/post_activation_max:0") == pytest.approx(head.max(), rel=0.05, abs=0.02)
+    assert _var(qat, "quant_head/post_activation_min:0") == pytest.approx(head.min(), rel=0.05, abs=0.02)
+
+
+def test_arrays_generators_and_datasets_give_the_same_ranges():
+    model, x = _kind_model(_KINDS["bidirectional-concat"]), _data(40)
+    y = np.zeros(len(x), "int32")
+    sources = {
+        "array": x,
+        "generator": _generator(x),
+        "dataset-xy": tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
+    }
+    ranges = {}
+    for name, source in sources.items():
+        qat = lt.quantize_model(model)
+        lt.calibrate(qat, source, batch_size=8)
+        ranges[name] = [float(w.numpy()) for w in qat.weights if w.shape.rank == 0]
+    assert len(ranges["array"]) > 10
+    assert ranges["array"] == ranges["generator"] == ranges["dataset-xy"]

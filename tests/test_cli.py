@@ -79,3 +79,100 @@ def test_module_entry_point_exit_code(files):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "lstm-transforms inspect: error: no such file or directory: /nonexistent.h5"
+
+
+# --- Safe loading ---------------------------------------------------------------------------------
+
+
+def _lambda_model(sentinel):
+    """The question's shape with a Lambda whose bytecode leaves a file behind when it runs."""
+    i = keras.Input((10, 4, 1))
+    x = L.Conv2D(2, (3, 1), padding="same", activation="relu", name="front")(i)
+    x = L.Conv2D(1, (1, 1), name="mix")(x)
+    x = L.Lambda(lambda q: (open(sentinel, "w").close(), q[..., 0])[1], name="squeeze_last_dim")(x)
+    return keras.Model(i, L.Dense(3, name="head")(L.LSTM(8, name="rnn")(x)))
+
+
+@pytest.fixture(scope="module")
+def lambda_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lambda")
+    sentinel = str(d / "bytecode_ran")
+    model = _lambda_model(sentinel)
+    paths = {"h5": str(d / "m.h5"), "keras": str(d / "m.keras"), "tf": str(d / "m_savedmodel")}
+    for fmt, path in paths.items():
+        model.save(path, save_format=fmt)
+    os.remove(sentinel)  # building the model ran the lambda once
+    np.save(str(d / "cal.npy"), np.zeros((4, 10, 4, 1), np.float32))
+    return paths, sentinel, str(d / "cal.npy")
+
+
+@pytest.mark.parametrize("fmt", ["keras", "tf"])
+def test_inspect_in_safe_mode_reports_the_rest_of_the_model(lambda_files, capsys, fmt):
+    paths, sentinel, _ = lambda_files
+    assert main(["inspect", paths[fmt]]) == 0
+    assert not os.path.exists(sentinel), "the Lambda's bytecode ran"
+    captured = capsys.readouterr()
+    lam = captured.out[captured.out.index("squeeze_last_dim"):captured.out.index("rnn")]
+    assert "not loaded" in lam and "--unsafe-lambda" in lam
+    assert "per-gate (4 blocks)" in captured.out[captured.out.index("rnn"):]
+    assert "kernel: int8 per-channel" in captured.out[captured.out.index("front"):captured.out.index("mix")]
+    note = captured.err.strip().splitlines()[-1]
+    assert note.startswith("lstm-transforms inspect: note:") and "'squeeze_last_dim'" in note
+    assert "would run while loading" in note and "--unsafe-lambda" in note
+
+
+def test_inspect_of_an_h5_with_a_python_lambda_lists_its_layers_and_fails(lambda_files, capsys):
+    paths, sentinel, _ = lambda_files
+    assert main(["inspect", paths["h5"]]) == 2
+    assert not os.path.exists(sentinel), "the Lambda's bytecode ran"
+    captured = capsys.readouterr()
+    assert "squeeze_last_dim" in captured.out and "not loaded" in captured.out and "rnn" in captured.out
+    (error,) = captured.err.strip().splitlines()
+    assert error.startswith("lstm-transforms inspect: error:") and "'squeeze_last_dim'" in error
+    assert "--unsafe-lambda" in error and "does not record the output shape" in error
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras", "tf"])
+def test_export_refuses_lambda_bytecode_unless_unsafe_lambda(lambda_files, capsys, tmp_path, fmt):
+    paths, sentinel, cal = lambda_files
+    out = str(tmp_path / "m.tflite")
+    assert main(["export", paths[fmt], "--calibration", cal, "-o", out, "-q"]) == 2
+    assert not os.path.exists(sentinel) and not os.path.exists(out)
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("lstm-transforms export: error:") and "'squeeze_last_dim'" in error
+    assert "--unsafe-lambda" in error
+    if fmt == "keras":  # opting in runs the bytecode (and the rest of inspect works as for any model)
+        assert main(["inspect", paths[fmt], "--unsafe-lambda"]) == 0
+        assert os.path.exists(sentinel)
+        os.remove(sentinel)
+
+
+def test_help_and_version_do_not_import_tensorflow():
+    code = (
+        "import sys; from lstm_transforms_cli import main\n"
+        "for argv in (['--help'], ['--version'], ['inspect', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+        "print('TF_LOADED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "NO_TF"
+    assert "usage: lstm-transforms" in proc.stdout and "--unsafe-lambda" in proc.stdout
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lstm-transforms {lstm_transforms.__version__}"
+
+
+def test_inspect_of_an_h5_lambda_with_an_explicit_output_shape(tmp_path, capsys):
+    i = keras.Input((10, 4, 1))
+    x = L.Lambda(lambda q: q[..., 0], output_shape=(10, 4), name="squeeze_last_dim")(i)
+    path = str(tmp_path / "m.h5")
+    keras.Model(i, L.Dense(3, name="head")(L.LSTM(8, name="rnn")(x))).save(path)
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "not loaded" in out[out.index("squeeze_last_dim"):out.index("rnn")]
+    assert "per-gate (4 blocks)" in out[out.index("rnn"):]

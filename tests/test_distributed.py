@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
 
     mode, out, arch = sys.argv[1], sys.argv[2], sys.argv[3]
 
-    if mode == "mirrored":
+    if mode in ("mirrored", "calibrate"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
@@ -72,6 +72,33 @@ SCRIPT = textwrap.dedent(
         assert diff.max() <= 0.02 and np.mean(diff > 1e-6) <= 0.02, (diff.max(), np.mean(diff > 1e-6))
         assert_recurrent_quantized(loaded, x[:16], expected_layers=2)
         print("LOADED OK")
+        sys.exit(0)
+
+    if mode == "calibrate":  # calibrate on two replicas == calibrate on one device, for every kind of range
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        keras.utils.set_random_seed(0)
+        model = build()
+        x = data()[0] * 3.0
+        with strategy.scope():
+            qat = lt.quantize_model(model)
+        reference = lt.quantize_model(model)
+        runs, run = [], strategy.run
+        strategy.run = lambda fn, args=(), kwargs=None, options=None: runs.append(1) or run(fn, args, kwargs, options)
+        lt.calibrate(qat, x, batch_size=32, passes=2)
+        assert len(runs) == 2 * len(x) // 32, len(runs)
+        lt.calibrate(reference, x, batch_size=32, passes=2)
+        ranges = [(v, r) for v, r in zip(qat.weights, reference.weights) if v.shape.rank == 0 and "optimizer" not in v.name]
+        kinds = {"cell": 0, "tfmot": 0}
+        for v, r in ranges:
+            values = [float(c.numpy()) for c in v.values]
+            assert values[0] == values[1], (v.name, values)  # the replicas agree
+            assert abs(values[0] - float(r.numpy())) <= 1e-3 * max(1.0, abs(float(r.numpy()))), (v.name, values, r.numpy())
+            if "quant_observed" in v.name:
+                continue
+            kinds["cell" if "/quant_" in v.name else "tfmot"] += 1
+            assert values[0] not in (-6.0, 6.0, -1.0, 1.0, 10.0, 0.0), (v.name, values)  # it learned
+        assert kinds["cell"] >= 6 and kinds["tfmot"] >= 4, kinds
+        print("CALIBRATED OK", kinds, flush=True)
         sys.exit(0)
 
     if mode == "mirrored":
@@ -173,8 +200,8 @@ def _assert_loads_in_plain_process(script, out, arch):
     "arch",
     [
         "stacked",  # LSTM(return_sequences) -> GRU
-        # Regression: range updates between the two directions let replica 1 re-point the cells'
-        # weights mid-call ('Values to regroup had different lengths'); see deferred_range_updates.
+        # Both directions run on the same replica's weights: the range updates wait until the
+        # wrapped call ends (see deferred_range_updates).
         "bidirectional",
     ],
 )
@@ -205,3 +232,10 @@ def test_multi_worker_mirrored_strategy_two_processes(script, tmp_path):
     np.testing.assert_allclose(chief, other, rtol=1e-5)
     assert chief[-1] < 0.9 * chief[0]
     _assert_loads_in_plain_process(script, out, "bidirectional")
+
+
+def test_calibrate_on_two_replicas_sets_every_range_as_on_one_device(script, tmp_path):
+    """Cell ranges and tfmot ranges follow the same running min / max rule in the replica threads,
+    with the extremes taken over both replicas' halves of each batch."""
+    (output,) = _finish([_start(script, "calibrate", tmp_path, "bidirectional")])
+    assert "CALIBRATED OK" in output, output[-4000:]

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import tensorflow_model_optimization as tfmot
 
 import lstm_transforms as lt
 from lstm_transforms._keras import keras, tf
@@ -79,7 +80,9 @@ def test_unbuilt_sequential():
 
 def test_keras3_model():
     """quantize_model converts Keras 3 models (tests/test_keras3.py); functions that take the QAT model do not."""
-    keras3 = pytest.importorskip("keras")
+    import keras as keras3  # installed next to tf-keras (TensorFlow 2.21 depends on it)
+
+    assert keras3.__version__.startswith("3.")
     inputs = keras3.Input((T, F))
     model = keras3.Model(inputs, keras3.layers.LSTM(4)(inputs))
     with pytest.raises(ValueError, match=r"`qat_model` is a Keras 3 model .*lstm_transforms\.quantize_model \(and "
@@ -129,6 +132,61 @@ def test_time_distributed_recurrent_layer():
     message = str(info.value)
     assert "'per_window'" in message and "TimeDistributed(LSTM)" in message
     assert "Reshape to (batch * outer, time, features)" in message
+
+
+class DefaultLSTMQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """The original question's hand-written config: it reads `layer.layer`, which an LSTM lacks."""
+
+    def get_weights_and_quantizers(self, layer):
+        quantizer = tfmot.quantization.keras.quantizers.LastValueQuantizer
+        return [(layer.layer.kernel, quantizer(num_bits=8, symmetric=True, narrow_range=False, per_axis=False)),
+                (layer.layer.recurrent_kernel, quantizer(num_bits=8, symmetric=True, narrow_range=False, per_axis=False))]
+
+    def get_activations_and_quantizers(self, layer):
+        quantizer = tfmot.quantization.keras.quantizers.MovingAverageQuantizer
+        return [(layer.layer.activation, quantizer(num_bits=8, symmetric=False, narrow_range=False, per_axis=False))]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.kernel, layer.recurrent_kernel = quantize_weights
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+def test_user_quantize_config_that_fails_on_a_recurrent_layer():
+    inputs = keras.Input((T, F))
+    h = tfmot.quantization.keras.quantize_annotate_layer(L.LSTM(4, name="lstm"), DefaultLSTMQuantizeConfig())(inputs)
+    model = keras.Model(inputs, L.Dense(2)(h))
+    with pytest.raises(lt.QuantizeConfigError) as info, lt.quantize_scope(DefaultLSTMQuantizeConfig):
+        lt.quantize_model(model)
+    message = str(info.value)
+    assert "Layer 'lstm' (LSTM)" in message and "QuantizeConfig DefaultLSTMQuantizeConfig" in message
+    assert "AttributeError: 'LSTM' object has no attribute 'layer'" in message
+    assert "drop the quantize_config" in message and "lstm_transforms.RNNQuantizeConfig" in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("quantize", ["quantize_model", "quantize_apply", "stock_after_install"])
+def test_quantizing_an_already_quantized_model(quantize):
+    qat = lt.quantize_model(_functional(L.LSTM(4, name="lstm")))
+    call = {
+        "quantize_model": lambda: lt.quantize_model(qat),
+        "quantize_apply": lambda: lt.quantize_apply(qat),
+        "stock_after_install": lambda: tfmot.quantization.keras.quantize_model(qat),
+    }[quantize]
+    lt.install()
+    try:
+        with pytest.raises(ValueError, match=r"is already quantized: it has quantize layers \('quantize_layer.*'quant_lstm"
+                                             r".*Quantize the float model it was made from"):
+            call()
+    finally:
+        lt.uninstall()
 
 
 # --- Non-recurrent layers stock tfmot does not support ------------------------------------------
@@ -233,6 +291,12 @@ def test_export_without_representative_dataset():
     qat = lt.quantize_model(_functional(L.LSTM(4)))
     with pytest.raises(ValueError, match=r"needs a representative_dataset"):
         lt.export_tflite(qat, None)
+
+
+def test_calibration_data_read_once():
+    qat = lt.quantize_model(_functional(L.LSTM(4)))
+    with pytest.raises(TypeError, match=r"data is an iterator, which can be read only once: pass the generator function"):
+        lt.calibrate(qat, (sample for sample in _x()))
 
 
 @pytest.mark.parametrize(

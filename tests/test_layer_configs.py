@@ -16,8 +16,8 @@ from lstm_transforms.layer_configs import (
     Conv1DQuantizeConfig,
     IndexSlice,
     extra_quantize_config,
-    extra_types_dict,
 )
+from lstm_transforms.serialization import custom_objects
 
 L = keras.layers
 tfq = tfmot.quantization.keras
@@ -121,7 +121,7 @@ def test_quantized_layers_round_trip_through_their_configs():
     x = IndexSlice(axis=1, index=-1)(x)
     quantized = _quantize(keras.Model(i, L.Dense(2)(x)))
     wrappers = [layer for layer in quantized.layers if isinstance(layer, tfq.QuantizeWrapperV2)]
-    with tfq.quantize_scope(extra_types_dict()):
+    with tfq.quantize_scope(custom_objects()):
         again = [keras.layers.deserialize(keras.layers.serialize(w)) for w in wrappers]
     for original, copy in zip(wrappers, again):
         assert type(copy.quantize_config) is type(original.quantize_config)

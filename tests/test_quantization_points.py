@@ -109,7 +109,9 @@ def test_weights_only_keeps_activations_float_and_fused_path():
 def test_ranges_learn_over_every_time_step_not_only_the_last():
     x = _x()
     x[:, :6] *= 6.0  # early steps drive h further than the last step does
-    _, qat = _qat(L.SimpleRNN(8, return_sequences=False, activation="relu"), x)
+    qat = lt.quantize_model(_model(L.SimpleRNN(8, return_sequences=False, activation="relu"), x))
+    # Each pass feeds h(t-1) back through the range of the pass before: a few passes to converge.
+    lt.calibrate(qat, x, passes=4)
     inputs = keras.Input(x.shape[1:])
     cell = qat.layers[-1].layer.cell
     float_layer = L.SimpleRNN(8, return_sequences=True, activation="relu")
@@ -117,4 +119,6 @@ def test_ranges_learn_over_every_time_step_not_only_the_last():
     float_layer.set_weights([w.numpy() for w in qat.layers[-1].weights if "quant_" not in w.name and "optimizer" not in w.name][:3])
     seq = seq_model(x).numpy()
     assert seq.max() > seq[:, -1].max() * 1.2
-    assert cell.quant_output_max.numpy() > seq[:, -1].max()
+    assert abs(seq.max() - 6.0) > 1.0  # far from the initial range [-6, 6] of a ReLU cell
+    # The learned max is the max of h over every step (up to the int8 quantization of the inputs).
+    assert cell.quant_output_max.numpy() == pytest.approx(seq.max(), rel=0.03)

@@ -7,6 +7,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_confi
 
 import lstm_transforms as lt
 from lstm_transforms._keras import keras, tf
+from lstm_transforms.walk import cells_of
 
 L = keras.layers
 
@@ -89,7 +90,7 @@ def test_registered_cell_is_quantized(registered, make):
     with lt.quantize_scope(MinimalCell):
         qat = lt.quantize_model(model)
     wrapper = qat.layers[-1]
-    user_cells = [c for c in lt.recurrent.cells_of(wrapper.layer) if isinstance(c, MinimalCell)]
+    user_cells = [c for c in cells_of(wrapper.layer) if isinstance(c, MinimalCell)]
     quantized_names = [w.name.split("/")[-1] for w, _, _ in wrapper._weight_vars]
     assert user_cells and quantized_names.count("kernel:0") >= len(user_cells)
     x = _x()

@@ -1,4 +1,4 @@
-"""Saved QAT models load back exactly (.h5 and SavedModel) and keep training."""
+"""Saved QAT models load back exactly (.h5, SavedModel and .keras) and keep training."""
 
 import numpy as np
 import pytest
@@ -24,18 +24,29 @@ def _trained_qat():
     return qat, x, y
 
 
-@pytest.mark.parametrize("fmt", ["h5", "tf"])
+_PATHS = {"h5": "model.h5", "tf": "saved_model", "keras": "model.keras"}
+
+
+def _save_and_load(model, path, fmt):
+    model.save(path, save_format=fmt)
+    with lt.quantize_scope():
+        return keras.models.load_model(path)
+
+
+@pytest.mark.parametrize("fmt", list(_PATHS))
 def test_round_trip_is_exact_and_training_resumes(tmp_path, fmt):
     qat, x, y = _trained_qat()
-    path = str(tmp_path / ("model.h5" if fmt == "h5" else "saved_model"))
-    qat.save(path, save_format=fmt)
-    with lt.quantize_scope():
-        loaded = keras.models.load_model(path)
+    loaded = _save_and_load(qat, str(tmp_path / ("1_" + _PATHS[fmt])), fmt)
     np.testing.assert_array_equal(qat.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert len(qat.get_weights()) == len(loaded.get_weights())
     for a, b in zip(qat.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert_recurrent_quantized(loaded, x, expected_layers=2)
+    # A loaded model saves and loads again: same variables, names and values.
+    again = _save_and_load(loaded, str(tmp_path / ("2_" + _PATHS[fmt])), fmt)
+    assert [w.name for w in again.weights] == [w.name for w in qat.weights]
+    for a, b in zip(qat.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
     before = [w.numpy().copy() for w in loaded.trainable_weights]
     history = loaded.fit(x, y, epochs=1, batch_size=8, verbose=0).history["loss"]
     assert np.isfinite(history[0])
@@ -55,3 +66,24 @@ def test_loading_with_stock_scope_after_install(tmp_path):
     finally:
         lt.uninstall()
     np.testing.assert_array_equal(qat.predict(x, verbose=0), loaded.predict(x, verbose=0))
+
+
+def test_keras_format_of_a_stock_tfmot_model(tmp_path):
+    """tfmot's own QuantizeLayer cannot be loaded from a .keras file; inside lt.quantize_scope it can."""
+    import tensorflow_model_optimization as tfmot
+
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, L.Dense(3)(L.Dense(4, activation="relu")(inputs)))
+    qat = tfmot.quantization.keras.quantize_model(model)
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype("float32")
+    qat(x, training=True)
+    path = str(tmp_path / "stock.keras")
+    qat.save(path)
+    with pytest.raises(ValueError, match="expected 5 variables, but received 3"):
+        with tfmot.quantization.keras.quantize_scope():
+            keras.models.load_model(path)
+    with lt.quantize_scope():
+        loaded = keras.models.load_model(path)
+    for a, b in zip(qat.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(qat(x).numpy(), loaded(x).numpy())

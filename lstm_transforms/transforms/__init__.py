@@ -23,6 +23,7 @@ fidelity only locally, while an error would block every model with, e.g., a cust
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 
 from lstm_transforms._keras import check_model, keras
@@ -99,38 +100,65 @@ def _lambdas(model):
     return found
 
 
+_LAMBDA_FROM_CONFIG = keras.layers.Lambda.__dict__["from_config"]
+_patch_lock = threading.Lock()
+_patch_users = 0
+_scopes = threading.local()  # .known: this thread's open scopes, innermost last
+
+
+def _known_lambda(config):
+    for known in reversed(getattr(_scopes, "known", ())):
+        entry = known.get(config.get("name"))
+        if entry is not None and _code(config.get("function")) == entry[1]:
+            return entry[0]
+    return None
+
+
+def _lambda_from_config(cls, config, custom_objects=None):
+    layer = _known_lambda(config)
+    if layer is None:
+        return _LAMBDA_FROM_CONFIG.__func__(cls, config, custom_objects)
+    kwargs = {k: v for k, v in config.items() if k not in _LAMBDA_FUNCTION_KEYS}
+    return cls(layer.function, output_shape=layer._output_shape, mask=layer.mask,  # noqa: SLF001
+               arguments=layer.arguments, **kwargs)
+
+
+def _use_patch(delta):
+    """Reference-counted install / removal of `_lambda_from_config` as `Lambda.from_config`."""
+    global _patch_users
+    with _patch_lock:
+        _patch_users += delta
+        if delta > 0 and _patch_users == 1:
+            keras.layers.Lambda.from_config = classmethod(_lambda_from_config)
+        elif delta < 0 and _patch_users == 0:
+            keras.layers.Lambda.from_config = _LAMBDA_FROM_CONFIG
+
+
 @contextlib.contextmanager
 def clone_scope(model):
     """Let `keras.models.clone_model` / `Model.from_config` copy the `Lambda` layers of `model`.
 
     While active, `Lambda.from_config` recognizes a config whose name and serialized function code
     are those of a `Lambda` in `model`, and builds the copy from that layer's live function object
-    (no code from the config is ever run).
-    Every other Lambda config goes through the stock path (so safe mode still refuses unknown
-    Python lambdas). A no-op when `model` has no `Lambda`. The patch is process-wide while the
-    scope is open: do not clone unrelated models from other threads meanwhile.
+    (no code from the config is ever run). Every other Lambda config goes through the stock path
+    (so safe mode still refuses unknown Python lambdas). A no-op when `model` has no `Lambda`.
+
+    Thread-safe: the `Lambda.from_config` hook is installed under a lock while any scope is open
+    (reference-counted), and each thread only recognizes the Lambdas of the scopes it opened itself.
     """
     known = {name: (layer, _code(layer.get_config()["function"])) for name, layer in _lambdas(model).items()}
     if not known:
         yield
         return
-    lambda_cls = keras.layers.Lambda
-    original = lambda_cls.__dict__["from_config"]
-
-    def from_config(cls, config, custom_objects=None):
-        entry = known.get(config.get("name"))
-        if entry is not None and _code(config.get("function")) == entry[1]:
-            layer = entry[0]
-            kwargs = {k: v for k, v in config.items() if k not in _LAMBDA_FUNCTION_KEYS}
-            return cls(layer.function, output_shape=layer._output_shape, mask=layer.mask,  # noqa: SLF001
-                       arguments=layer.arguments, **kwargs)
-        return original.__func__(cls, config, custom_objects)
-
-    lambda_cls.from_config = classmethod(from_config)
+    if not hasattr(_scopes, "known"):
+        _scopes.known = []
+    _scopes.known.append(known)
+    _use_patch(+1)
     try:
         yield
     finally:
-        lambda_cls.from_config = original
+        _use_patch(-1)
+        _scopes.known.pop()
 
 
 def _code(function_config):

@@ -116,9 +116,9 @@ def clone_layer(layer, name=None):
             layer.function, output_shape=layer._output_shape, mask=layer.mask,  # noqa: SLF001
             arguments=layer.arguments, name=config["name"], dtype=layer.dtype_policy,
             trainable=layer.trainable)
-    from lstm_transforms.layer_configs import extra_types_dict
+    from lstm_transforms.serialization import custom_objects
 
-    with keras.utils.custom_object_scope(extra_types_dict()):
+    with keras.utils.custom_object_scope(custom_objects()):
         return layer.__class__.from_config(config)
 
 

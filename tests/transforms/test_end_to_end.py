@@ -7,7 +7,8 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 from lstm_transforms._keras import keras, tf
-from lstm_transforms.layer_configs import BatchNormQuantizeConfig, extra_types_dict
+from lstm_transforms.layer_configs import BatchNormQuantizeConfig
+from lstm_transforms.serialization import custom_objects
 from lstm_transforms.transforms import FloatLambdaWarning, clone_scope, rewrite
 
 L, K = keras.layers, keras.backend
@@ -43,7 +44,7 @@ def _question_model(squeeze):
 
 
 def _quantize(model, scheme):
-    with clone_scope(model), tfq.quantize_scope(extra_types_dict()):
+    with clone_scope(model), tfq.quantize_scope(custom_objects()):
         return tfq.quantize_apply(tfq.quantize_annotate_model(model), scheme=scheme)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from lstm_transforms_cli import main
+
+sys.exit(main())
