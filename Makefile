@@ -1,11 +1,12 @@
 # One command each, on a fresh machine with Python >= 3.10:
 #   make example   set up .venv and run the main example on real data (JapaneseVowels)
 #   make test      set up .venv and run the whole test suite (what .ci/run runs first)
-#   make fuzz      the long property-based run (150 + 20 generated models; .ci/run runs it too)
+#   make fuzz      a longer property-based run (40 + 6 generated models; .ci/run runs it too)
+#   make fuzz-long the long run (300 + 40 generated models; an hour or more on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup example test test-fast fuzz bench
+.PHONY: setup example test test-fast fuzz fuzz-long bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,7 +26,10 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 fuzz: setup
-	LT_FUZZ_EXAMPLES=150 LT_FUZZ_EXPORT_EXAMPLES=20 $(PY) -m pytest -q tests/test_fuzz.py
+	LT_FUZZ_EXAMPLES=40 LT_FUZZ_EXPORT_EXAMPLES=6 $(PY) -m pytest -q tests/test_fuzz.py
+
+fuzz-long: setup
+	LT_FUZZ_EXAMPLES=300 LT_FUZZ_EXPORT_EXAMPLES=40 $(PY) -m pytest -q tests/test_fuzz.py
 
 bench: setup
 	$(PY) benchmarks/bench_qat_speed.py
