@@ -30,7 +30,9 @@ __all__ = [
     "quantize_scope",
     "rewrite",
     "export_tflite",
+    "plan",
     "ExportError",
+    "ExportWarning",
     "calibrate",
     "FloatLambdaWarning",
     "UnsupportedLayerError",
@@ -53,7 +55,7 @@ def __getattr__(name):
         from lstm_transforms.transforms import rewrite
 
         return rewrite
-    if name in ("export_tflite", "ExportError"):
+    if name in ("export_tflite", "ExportError", "ExportWarning", "plan"):
         from lstm_transforms import export
 
         return getattr(export, name)

@@ -107,12 +107,12 @@ def calibrate(qat_model, data, *, batch_size=32, passes=1):
     function as for `export_tflite`. Call it after `quantize_model` and before fine-tuning: tfmot's
     ranges otherwise start at [-6, 6] and move slowly (EMA 0.999) on small data sets.
     """
-    from lstm_transforms.export import _calibration_arrays
+    from lstm_transforms.export._data import calibration_arrays
 
     check_model(qat_model, "qat_model")
     if batch_size < 1 or passes < 1:
         raise ValueError(f"batch_size and passes must be >= 1, got {batch_size} and {passes}")
-    arrays = _calibration_arrays(data, qat_model, None)
+    arrays = calibration_arrays(data, qat_model, None)
     cells = [layer for layer in _all_layers(qat_model) if isinstance(layer, _QuantizedCellMixin)]
     for cell in cells:
         cell.quant_observed.assign(0.0)  # the first batch replaces the initial range

@@ -1,0 +1,94 @@
+"""QAT model -> fully-integer TFLite flatbuffer, in four stages called in order by `export_tflite`.
+
+1. **plan** (`plan.py`): per layer, how it deploys (fused LSTM op, unrolled integer ops, integer
+   op, ...); anything not deployable stops here with an `ExportError` naming the layer, the setting
+   and the fix. `lstm-transforms inspect` prints the same plan.
+2. **bake** (`bake.py`): a float Keras model holding the QAT weights (fake-quantized, so the int8
+   weights dequantize to them) and ranges; each recurrent layer as the plan deploys it
+   (`deployed.py`).
+3. **convert** (`convert.py`, child process `_worker.py`): batch-1 post-training full-integer
+   conversion; the QAT ranges the graph cannot carry (model inputs, fused LSTM output / hidden state /
+   cell state, CellClip) replace the converter's calibration statistics; low-bit weights are put
+   back on their grid, biases at input_scale * weight_scale.
+4. **verify** (`verify.py`): no WHILE, no float tensor inside, the plan's fused LSTM ops present,
+   no QUANTIZE / DEQUANTIZE with integer I/O.
+
+**Which ranges come from where (int8).** Weights: the QAT weights exactly (per LSTM/GRU gate
+matrix, per Conv output channel, per Dense tensor; 2-7-bit weights on their own grid). Model
+inputs: the QAT `QuantizeLayer` range. Non-recurrent layer outputs (Conv, Dense, BatchNorm, Add, ...):
+their QAT range, as fixed `FakeQuant` ops. Recurrent outputs: the QAT range of every cell's h (fused
+LSTM: output, hidden state and hidden intermediate; unrolled: h at every step), and of the fused LSTM's
+cell state (its power-of-two bound). Calibrated on `representative_dataset` instead: the outputs of
+layers that share their scale with a recurrent output (Concatenate, pooling, reshapes after it take
+the recurrent range; CONCATENATION the union of its inputs), the two directions of a `Bidirectional`
+with merge_mode="concat" share the union of their QAT ranges (TFLite's int8 CONCATENATION has one
+scale), the intermediates of unrolled steps (gates, cell state), the merge of sum/ave/mul, layers
+kept in float by QAT. Inside the integer LSTM the gates are int16 on the fixed range [-1, 1), as
+QAT simulates them. With `activations="int16"` every activation range is calibrated.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from lstm_transforms._keras import check_model
+from lstm_transforms.export._data import calibration_arrays
+from lstm_transforms.export.bake import bake, baked_float_model, raise_if_blocked
+from lstm_transforms.export.convert import convert
+from lstm_transforms.export.deployed import FakeQuant
+from lstm_transforms.export.errors import ExportError, ExportWarning
+from lstm_transforms.export.plan import deployment_plan, plan
+from lstm_transforms.export.verify import verify
+
+__all__ = ["export_tflite", "plan", "convert", "baked_float_model", "ExportError", "ExportWarning", "FakeQuant"]
+
+
+def export_tflite(qat_model, representative_dataset, *, int8_io=False, activations="int8", max_samples=None,
+                  timeout=600, progress=False):
+    """Export a QAT (or float) tf-keras model to a fully-integer TFLite flatbuffer; returns `bytes`.
+
+    `representative_dataset`: a numpy array (samples on axis 0), a list of arrays (one per model
+    input), or a generator function in TFLite's convention; it calibrates the ranges QAT did not
+    learn (see the module docs); `max_samples` caps how many samples are used.
+    `activations`: "int8" (default) or "int16" (16x8: int16 activations, int8 weights; every LSTM
+    unrolled, since the converter has no 16x8 fused LSTM). Float input/output by default, integer
+    with `int8_io=True` (int16 under activations="int16"). `progress=True` draws a calibration
+    progress bar; `timeout` (seconds) bounds the conversion.
+
+    Raises `ExportError` before converting for any layer the plan (`lstm_transforms.plan`) cannot
+    deploy, and after converting if the flatbuffer is not what the plan promised. Warns
+    (`ExportWarning`) for each QAT setting the flatbuffer cannot hold exactly.
+    """
+    check_model(qat_model, "qat_model")
+    if representative_dataset is None:
+        raise ValueError("export_tflite needs a representative_dataset to calibrate activation ranges.")
+    model_plan = deployment_plan(qat_model, activations=activations)  # 1. plan
+    raise_if_blocked(model_plan)
+    arrays = calibration_arrays(representative_dataset, qat_model, max_samples)
+    _warn_differences(model_plan)
+    baked = bake(qat_model, model_plan, qat_ranges=activations == "int8")  # 2. bake
+    report = {}
+    flatbuffer = convert(  # 3. convert
+        baked.model, arrays, int8_io=int8_io, timeout=timeout, progress=progress, activations=activations,
+        input_ranges=baked.input_ranges, lstm_ranges=baked.lstm_ranges, weight_bits=model_plan.weight_bits,
+        report=report)
+    if report.get("unmatched_lstm_ranges"):
+        raise ExportError(f"Export of '{qat_model.name}': the QAT ranges of {len(report['unmatched_lstm_ranges'])} "
+                          "fused LSTM cell(s) found no LSTM op in the converted model. This is a bug in "
+                          "lstm_transforms: please report it with the model.")
+    for name in report.get("off_grid", []):
+        warnings.warn(f"'{qat_model.name}': weight '{name}' is not on a {model_plan.weight_bits}-bit grid; it is "
+                      "stored as plain int8.", ExportWarning, stacklevel=2)
+    verify(flatbuffer, model_plan, int8_io=int8_io)  # 4. verify
+    return flatbuffer
+
+
+def _warn_differences(model_plan):
+    """One `ExportWarning` per QAT setting the flatbuffer cannot hold, naming the layers it concerns."""
+    layers = {}
+    for layer in model_plan.layers:
+        for difference in layer.device_differs:
+            layers.setdefault(difference, []).append(layer.name)
+    for difference, names in layers.items():
+        warnings.warn(f"'{model_plan.model}': {difference} (layer(s) {', '.join(repr(n) for n in names)}).",
+                      ExportWarning, stacklevel=3)
