@@ -1,11 +1,13 @@
 """`lstm-transforms`: inspect what will be quantized, and export to fully-integer TFLite.
 
-    lstm-transforms inspect MODEL                         # .h5 / .keras / SavedModel dir, or a .tflite
+    lstm-transforms inspect MODEL [--json]                # .h5 / .keras / SavedModel dir, or a .tflite
     lstm-transforms export MODEL --calibration DATA.npy -o OUT.tflite [--int8-io]
 
-`inspect` on a Keras model prints, per layer, whether and how it is quantized (which tensors, bits,
-per-gate / per-channel / per-tensor) and why a layer is skipped; on a `.tflite` file it prints the
-ops and every tensor's dtype and quantization. `export` takes a QAT model (a float model is exported
+`inspect` on a Keras model prints its `lstm_transforms.plan`: per layer, whether and how it is
+quantized (which tensors, bits, per-gate / per-channel / per-tensor), how it will deploy (fused
+LSTM op, unrolled integer ops, ...) and, for anything that cannot deploy, why and the fix (`--json`
+for the same as JSON); on a `.tflite` file it prints the ops and every tensor's dtype and
+quantization. `export` takes a QAT model (a float model is exported
 with post-training quantization and a note). Errors are one line on stderr and a non-zero exit code.
 """
 
@@ -15,7 +17,7 @@ import argparse
 import os
 import sys
 
-__all__ = ["main", "quantization_plan"]
+__all__ = ["main"]
 
 
 class CLIError(Exception):
@@ -44,101 +46,10 @@ def _first_line(e):
     return text[0] if text else type(e).__name__
 
 
-def _quantizer_text(quantizer):
-    name = type(quantizer).__name__
-    bits = getattr(quantizer, "num_bits", None)
-    if name == "PerGateWeightQuantizer":
-        how = f"per-gate ({quantizer.num_gates} blocks)"
-    elif getattr(quantizer, "per_axis", False):
-        how = "per-channel"
-    else:
-        how = "per-tensor"
-    sym = ", symmetric" if getattr(quantizer, "symmetric", name == "PerGateWeightQuantizer") else ""
-    return f"int{bits or 8} {how}{sym}"
-
-
 def _is_wrapper(layer):
-    from lstm_transforms.export import _is_quantize_wrapper
+    from lstm_transforms.export._graph import is_quantize_wrapper
 
-    return _is_quantize_wrapper(layer)
-
-
-def _describe_wrapper(w):
-    from lstm_transforms._keras import keras
-
-    parts = []
-    inner = w.layer
-    for var, quantizer, _ in getattr(w, "_weight_vars", []):
-        short = var.name.split(":")[0]
-        short = short[len(inner.name) + 1:] if short.startswith(inner.name + "/") else short.split("/")[-1]
-        parts.append(f"{short}: {_quantizer_text(quantizer)}")
-    if any(v.name.split(":")[0].endswith("bias") for v in inner.weights):
-        parts.append("bias: float in training, int32 in TFLite")
-    act = getattr(inner, "activation", None)
-    if type(act).__name__ == "QuantizeAwareActivation":
-        if act._should_post_quantize():
-            parts.append(f"output ({act.activation.__name__ if hasattr(act.activation, '__name__') else 'act'}): "
-                         "int8 per-tensor")
-        elif act._should_pre_quantize():
-            parts.append("pre-activation: int8 per-tensor")
-    if getattr(w, "_output_quantizers", None):
-        parts.append(f"output: {_quantizer_text(w._output_quantizers[0])}")
-    rnn = getattr(inner, "forward_layer", inner)
-    cell = getattr(rnn, "cell", None)
-    if cell is not None:
-        cells = getattr(cell, "cells", None) or [cell]
-        for c in cells:
-            if isinstance(c, keras.layers.LSTMCell):
-                parts.append(f"{type(c).__name__}: output and h(t-1) int8 (one range), gate activations int16, "
-                             "cell state int16 with a power-of-two scale, clipped to +-10 (TFLite integer LSTM)")
-            else:
-                parts.append(f"{type(c).__name__}: output and h(t-1) int8 (one range); exported unrolled "
-                             "as integer FULLY_CONNECTED/LOGISTIC/TANH/MUL/ADD ops")
-    if not parts:
-        parts.append("no tensors quantized here (pass-through)")
-    return parts
-
-
-def quantization_plan(model):
-    """Rows `(layer name, class, status, [details])` describing how `lstm_transforms.quantize_model`
-    treats each layer of `model` (or, for an already-QAT model, how it is quantized)."""
-    import lstm_transforms
-
-    qat = model if any(_is_wrapper(layer) for layer in model.layers) else lstm_transforms.quantize_model(model)
-    by_inner = {}
-    for layer in qat.layers:
-        if _is_wrapper(layer):
-            by_inner[layer.layer.name] = layer
-    rows = []
-    source = model if qat is not model else qat
-    for layer in source.layers:
-        cls = type(layer).__name__
-        if _is_wrapper(layer):
-            rows.append((layer.layer.name, type(layer.layer).__name__, "quantized", _describe_wrapper(layer)))
-        elif cls == "InputLayer":
-            rows.append((layer.name, cls, "skipped", ["model input (quantized by the QuantizeLayer after it)"]))
-        elif cls == "QuantizeLayer" or "QuantizeLayer" in [c.__name__ for c in type(layer).__mro__]:
-            rows.append((layer.name, cls, "quantized", ["input: int8 per-tensor (asymmetric)"]))
-        elif layer.name in by_inner:
-            rows.append((layer.name, cls, "quantized", _describe_wrapper(by_inner[layer.name])))
-        else:
-            replaced = [q.name for q in qat.layers if q.name not in by_inner and layer.name in q.name]
-            why = (f"rewritten as {', '.join(replaced)} before quantization" if replaced else
-                   "not in the quantized model: removed or replaced by a rewrite (e.g. a Lambda/TFOpLambda "
-                   "squeeze turned into Reshape)")
-            if layer.name not in [q.name for q in qat.layers]:
-                rows.append((layer.name, cls, "skipped", [why]))
-            else:
-                rows.append((layer.name, cls, "skipped", ["kept in float: no quantization needed (no weights, "
-                                                           "no arithmetic)"]))
-    # Layers added by rewrites (present only in the QAT model).
-    if qat is not model:
-        known = {layer.name for layer in model.layers}
-        for layer in qat.layers:
-            if _is_wrapper(layer) and layer.layer.name not in known:
-                rows.append((layer.layer.name, type(layer.layer).__name__, "quantized (added by a rewrite)",
-                             _describe_wrapper(layer)))
-    return rows
+    return is_quantize_wrapper(layer)
 
 
 def _cmd_inspect(args):
@@ -149,17 +60,13 @@ def _cmd_inspect(args):
             print(tflite_utils.summary(f.read()))
         return 0
     model = _load_model(args.model)
+    import lstm_transforms
+
     try:
-        rows = quantization_plan(model)
+        model_plan = lstm_transforms.plan(model, activations=args.activations)
     except Exception as e:  # noqa: BLE001 - quantize_model's own message, one line
         raise CLIError(f"cannot quantize {args.model}: {_first_line(e)}") from e
-    width = max(len(r[0]) for r in rows)
-    cwidth = max(len(r[1]) for r in rows)
-    print(f"{args.model}: {len(rows)} layers")
-    for name, cls, status, details in rows:
-        print(f"{name:{width}}  {cls:{cwidth}}  {status}")
-        for d in details:
-            print(f"{'':{width}}  {'':{cwidth}}    - {d}")
+    print(model_plan.to_json(indent=1) if args.json else model_plan)
     return 0
 
 
@@ -199,8 +106,11 @@ def _cmd_export(args):
 def _parser():
     parser = argparse.ArgumentParser(prog="lstm-transforms", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="show per layer how a model is quantized (or a .tflite's tensors)")
+    p = sub.add_parser("inspect", help="show per layer how a model is quantized and deploys (or a .tflite's tensors)")
     p.add_argument("model", help="a tf-keras model (.h5, .keras, SavedModel directory) or a .tflite file")
+    p.add_argument("--json", action="store_true", help="the plan as JSON (lstm_transforms.plan(model).to_dict())")
+    p.add_argument("--activations", choices=("int8", "int16"), default="int8",
+                   help="plan for int8 (default) or 16x8 activations")
     p.set_defaults(func=_cmd_inspect)
     p = sub.add_parser("export", help="export a QAT model to a fully-integer .tflite")
     p.add_argument("model", help="a tf-keras QAT model (.h5, .keras, SavedModel directory)")

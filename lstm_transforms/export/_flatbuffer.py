@@ -6,7 +6,7 @@
   writes h with the intermediate's parameters and reads it back with the state's), its cell state
   bound and its CellClip. The range follows the LSTM output through ops that keep their input's
   scale (RESHAPE, STRIDED_SLICE, REVERSE_V2, ...); a CONCATENATION gets the union of its inputs.
-* `regrid_low_bit_weights`: int8 weights that lie on a coarser (2..7-bit) symmetric grid are
+* `regrid_weights`: int8 weights that lie on a coarser (2..7-bit) symmetric grid are
   re-expressed exactly on it (codes k*m, scale step/m), so they dequantize to the QAT weights.
 * `requantize_biases`: every int32 bias at scale input_scale * weight_scale (what the integer
   kernels assume).
@@ -18,7 +18,7 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
-__all__ = ["measure_ranges", "set_calibration_ranges", "regrid_low_bit_weights", "requantize_biases", "op_name",
+__all__ = ["measure_ranges", "set_calibration_ranges", "regrid_weights", "requantize_biases", "op_name",
            "read", "write"]
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -61,6 +61,11 @@ def _constant(model, tensor, dtype):
     if data is None or len(data) == 0:
         return None
     return np.frombuffer(bytes(bytearray(data)), dtype).reshape(tensor.shape)
+
+
+def _scales(tensor):
+    q = tensor.quantization
+    return np.asarray(q.scale if q is not None and q.scale is not None else [], np.float32)
 
 
 def _set_range(tensor, lo, hi):
@@ -125,13 +130,15 @@ def measure_ranges(calibrated, arrays):
     return write(model)
 
 
-def set_calibration_ranges(calibrated, input_ranges, lstm_ranges):
-    """Write QAT ranges into a calibrated (not yet quantized) flatbuffer; returns (bytes, unmatched).
+def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=()):
+    """Write QAT ranges into a calibrated (not yet quantized) flatbuffer.
 
     `input_ranges`: {input tensor name: (lo, hi)}. `lstm_ranges`: dicts with `input_to_forget`
     (units, features) float32, `output` (lo, hi) or None, `cell_bound` or None, `cell_clip` or None.
-    `unmatched`: indices of `lstm_ranges` no fused LSTM op had the weights of. Then every group of
-    tensors TFLite gives one scale (`_scale_groups`) gets one range.
+    `op_ranges`: dicts with `weights` (a kernel's values, sorted) and `output` (lo, hi) for the
+    FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op with that kernel. Then every group of tensors
+    TFLite gives one scale (`_scale_groups`) gets one range. Returns (bytes, indices of
+    `lstm_ranges` and of `op_ranges` that matched no op).
     """
     model = read(calibrated)
     graph = model.subgraphs[0]
@@ -154,8 +161,22 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges):
                 matched.add(k)
                 _edit_lstm(graph, op, ranges)
                 break
+    matched_ops = set()
+    for op in graph.operators:
+        if op_name(model, op) not in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D") or len(op.inputs) < 2:
+            continue
+        weight = _constant(model, graph.tensors[op.inputs[1]], np.float32)
+        if weight is None:
+            continue
+        values = np.sort(weight.ravel())
+        for k, ranges in enumerate(op_ranges):
+            if ranges["weights"].shape == values.shape and np.array_equal(ranges["weights"], values):
+                matched_ops.add(k)
+                _set_range(graph.tensors[op.outputs[0]], *ranges["output"])
+                break
     _share_group_ranges(model, graph)
-    return write(model), [k for k in range(len(lstm_ranges)) if k not in matched]
+    return (write(model), [k for k in range(len(lstm_ranges)) if k not in matched],
+            [k for k in range(len(op_ranges)) if k not in matched_ops])
 
 
 def _floor_cell_range(tensor):
@@ -281,11 +302,15 @@ def _coarse_grid(codes, bits):
     return None
 
 
-def regrid_low_bit_weights(flatbuffer, bits):
-    """Re-express int8 weights lying on a `bits`-bit symmetric grid exactly: codes k*m, m = 127 // kmax.
+def regrid_weights(flatbuffer, bits):
+    """Re-express int8 weights that lie on a coarser symmetric grid exactly on it: codes k*m, m = 127 // kmax.
 
-    Returns (flatbuffer, changed tensor names, names of weights not on such a grid). Biases must be
-    requantized afterwards (their scale is input_scale * weight_scale).
+    The converter maps max|w| to code 127. QAT weights are k * step with |k| <= kmax: 2^(bits-1) - 1
+    for low-bit weights, or fewer when a tfmot weight range went stale (the weights shrank after the
+    last training step). Their codes are round(k * 127 / kmax); the smallest kmax that reproduces
+    them gives back k exactly, so the int8 weights dequantize to the QAT weights again. Weights of
+    a plain 8-bit grid stay as they are. Returns (flatbuffer, changed tensor names, names of
+    weights on no grid of `bits` bits or fewer). Biases must be requantized afterwards.
     """
     model = read(flatbuffer)
     changed, off_grid = [], []
@@ -344,9 +369,7 @@ def requantize_biases(flatbuffer):
                 bias, x, w = (graph.tensors[inputs[i]] for i in (bias_i, in_i, w_i))
                 if bias.type != schema.TensorType.INT32 or x.quantization is None or w.quantization is None:
                     continue
-                b_scale = np.asarray(bias.quantization.scale if bias.quantization else [], np.float32)
-                x_scale = np.asarray(x.quantization.scale or [], np.float32)
-                w_scale = np.asarray(w.quantization.scale or [], np.float32)
+                b_scale, x_scale, w_scale = _scales(bias), _scales(x), _scales(w)
                 if not (b_scale.size and x_scale.size and w_scale.size):
                     continue
                 want = (x_scale[0] * w_scale).astype(np.float32)

@@ -9,8 +9,8 @@ Full-int8 conversion runs the converter's own two steps apart: calibration
 (`_experimental_calibrate_only`), then `mlir_quantize`. In between, the statistics are measured
 again with the LSTM state reset before every sample (`_flatbuffer.measure_ranges`: the converter's
 calibrator carries it from one sample to the next), and the QAT ranges the converter cannot take
-from the graph are written into them (`_flatbuffer.set_calibration_ranges`). Afterwards, low-bit weights are put back on their grid and
-biases re-expressed at input_scale * weight_scale.
+from the graph are written into them (`_flatbuffer.set_calibration_ranges`). Afterwards, weights
+are put back on their QAT grid and biases re-expressed at input_scale * weight_scale.
 """
 
 import json
@@ -22,12 +22,14 @@ import traceback
 def _load_ranges(workdir, options):
     import numpy as np
 
-    lstm_ranges = []
-    if options.get("lstm_ranges"):
+    lstm_ranges, op_ranges = [], []
+    if options.get("lstm_ranges") or options.get("op_ranges"):
         with np.load(os.path.join(workdir, "ranges.npz")) as keys:
-            for k, ranges in enumerate(options["lstm_ranges"]):
+            for k, ranges in enumerate(options.get("lstm_ranges", [])):
                 lstm_ranges.append(dict(ranges, input_to_forget=keys[f"lstm_{k}"]))
-    return options.get("input_ranges", {}), lstm_ranges
+            for k, output in enumerate(options.get("op_ranges", [])):
+                op_ranges.append({"weights": keys[f"op_{k}"], "output": output})
+    return options.get("input_ranges", {}), lstm_ranges, op_ranges
 
 
 def _convert(workdir):
@@ -69,16 +71,14 @@ def _convert(workdir):
         else:
             converter._experimental_calibrate_only = True
             calibrated = _flatbuffer.measure_ranges(converter.convert(), arrays)
-            input_ranges, lstm_ranges = _load_ranges(workdir, options)
-            calibrated, unmatched = _flatbuffer.set_calibration_ranges(calibrated, input_ranges, lstm_ranges)
-            report["unmatched_lstm_ranges"] = unmatched
+            input_ranges, lstm_ranges, op_ranges = _load_ranges(workdir, options)
+            calibrated, report["unmatched_lstm_ranges"], report["unmatched_op_ranges"] = (
+                _flatbuffer.set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges))
             flatbuffer = tflite_convert.mlir_quantize(
                 calibrated, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type,
                 disable_per_channel_for_dense_layers=True)
-        weight_bits = options.get("weight_bits") or 8
-        if weight_bits < 8:
-            flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_low_bit_weights(
-                flatbuffer, weight_bits)
+        flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_weights(
+            flatbuffer, options.get("weight_bits") or 8)
         flatbuffer, report["bias_fixes"] = _flatbuffer.requantize_biases(flatbuffer)
     else:
         flatbuffer = converter.convert()

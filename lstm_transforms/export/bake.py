@@ -36,7 +36,7 @@ from lstm_transforms.export.deployed import WithFakeQuant
 from lstm_transforms.export.errors import ExportError
 from lstm_transforms.export.plan import BLOCKED, FUSED, deployment_plan
 
-__all__ = ["bake", "baked_float_model", "Baked", "LSTMRanges", "raise_if_blocked"]
+__all__ = ["bake", "baked_float_model", "Baked", "LSTMRanges", "OpRange", "raise_if_blocked"]
 
 
 @dataclasses.dataclass
@@ -50,10 +50,24 @@ class LSTMRanges:
 
 
 @dataclasses.dataclass
+class OpRange:
+    """The QAT output range of a Dense / Conv layer, found in the converter's model by its weights.
+
+    `weights`: the kernel's values, sorted (the converter transposes kernels). The range is the one
+    QAT applies to the layer's output: after its activation (relu, linear) or before it (softmax,
+    sigmoid, tanh: the op's output is then the pre-activation).
+    """
+
+    weights: np.ndarray
+    output: tuple
+
+
+@dataclasses.dataclass
 class Baked:
     model: object  # the float tf-keras model
     input_ranges: dict  # model input index -> (lo, hi) from the QAT QuantizeLayer
     lstm_ranges: list  # LSTMRanges, one per fused LSTM cell
+    op_ranges: list = dataclasses.field(default_factory=list)  # OpRange of Dense / Conv layers
 
 
 def raise_if_blocked(model_plan):
@@ -75,7 +89,7 @@ def bake(model, model_plan, *, qat_ranges=True):
     """
     check_model(model, "qat_model")
     raise_if_blocked(model_plan)
-    pairs, input_ranges, lstm_ranges = [], {}, []
+    pairs, input_ranges, lstm_ranges, op_ranges = [], {}, [], []
     input_layers = {id(t._keras_history.layer): k for k, t in enumerate(model.inputs)}
 
     def clone(layer):
@@ -96,6 +110,8 @@ def bake(model, model_plan, *, qat_ranges=True):
         new = _float_layer(layer)
         pairs.append((layer, new))
         fq = _output_fake_quant(model, layer) if qat_ranges else None
+        if qat_ranges:
+            op_ranges.extend(_op_range(layer))
         return WithFakeQuant(new, fq) if fq is not None else new
 
     try:
@@ -107,7 +123,7 @@ def bake(model, model_plan, *, qat_ranges=True):
     for source, new in pairs:
         if new.weights:
             new.set_weights(_baked_weights(source, new))
-    return Baked(float_model, input_ranges, lstm_ranges)
+    return Baked(float_model, input_ranges, lstm_ranges, op_ranges)
 
 
 def _inbound_layers(model, layer):
@@ -358,6 +374,27 @@ def _fake_quant(quantizer, quantizer_vars, name):
         return None
     return FakeQuant(*bounds, getattr(quantizer, "num_bits", 8), getattr(quantizer, "narrow_range", False),
                      name=name)
+
+
+def _op_range(layer):
+    """[OpRange] of a quantize wrapper with a kernel and a per-tensor QAT output / pre-activation range."""
+    if not _graph.is_quantize_wrapper(layer) or _graph.is_recurrent(layer):
+        return []
+    kernels = [value for var, value in _qat_weight_values(layer) if var.name.split(":")[0].endswith("kernel")]
+    if len(kernels) != 1:
+        return []
+    bounds = None
+    if getattr(layer, "_output_quantizers", None):
+        bounds = _quantizer_range(layer._output_quantizers[0], layer._output_quantizer_vars)
+    act = getattr(layer.layer, "activation", None)
+    if bounds is None and type(act).__name__ == "QuantizeAwareActivation":
+        if act._should_post_quantize():
+            bounds = _quantizer_range(act.quantizer, act._post_activation_vars)
+        elif act._should_pre_quantize():
+            bounds = _quantizer_range(act.quantizer, act._pre_activation_vars)
+    if bounds is None:
+        return []
+    return [OpRange(np.sort(np.asarray(kernels[0], np.float32).ravel()), bounds)]
 
 
 def _output_fake_quant(model, layer):

@@ -28,15 +28,15 @@ __all__ = ["convert"]
 
 
 def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, progress=False,
-            float_model=None, activations="int8", input_ranges=None, lstm_ranges=None, weight_bits=8,
-            report=None):
+            float_model=None, activations="int8", input_ranges=None, lstm_ranges=None, op_ranges=None,
+            weight_bits=8, report=None):
     """Convert a float tf-keras model to a TFLite flatbuffer (`bytes`) in a child process.
 
     With `representative_dataset`: post-training full-integer quantization (int8 weights, int32
     biases, int8 activations, int16 inside the integer LSTM; `activations="int16"`: 16x8); float
     input/output unless `int8_io=True`. Without it: a float model. Inputs are fixed to batch 1.
-    `input_ranges` ({input index: (lo, hi)}) and `lstm_ranges` (`bake.LSTMRanges`) replace the
-    calibrated statistics of those tensors; `weight_bits` < 8 puts weights back on their grid.
+    `input_ranges` ({input index: (lo, hi)}), `lstm_ranges` (`bake.LSTMRanges`) and `op_ranges`
+    (`bake.OpRange`) replace the calibrated statistics of those tensors; `weight_bits` < 8 puts weights back on their grid.
     `report` (a dict) receives what the child changed. Raises `ExportError` (naming the layer(s)
     and the cause) when the converter fails or crashes, or the result does not load and run.
     `progress=True` draws a calibration progress bar on stderr. `float_model` names layers in errors.
@@ -54,12 +54,14 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
         options = {"int8": arrays is not None, "int8_io": bool(int8_io), "activations": activations,
                    "weight_bits": int(weight_bits or 8),
                    "input_ranges": {specs[k].name: list(r) for k, r in (input_ranges or {}).items() if r},
-                   "lstm_ranges": [_lstm_options(r) for r in lstm_ranges or []]}
+                   "lstm_ranges": [_lstm_options(r) for r in lstm_ranges or []],
+                   "op_ranges": [list(r.output) for r in op_ranges or []]}
         if arrays is not None:
             np.savez(os.path.join(workdir, "calibration.npz"), *arrays)
-        if lstm_ranges:
-            np.savez(os.path.join(workdir, "ranges.npz"),
-                     **{f"lstm_{k}": np.asarray(r.input_to_forget, np.float32) for k, r in enumerate(lstm_ranges)})
+        keys = {f"lstm_{k}": np.asarray(r.input_to_forget, np.float32) for k, r in enumerate(lstm_ranges or [])}
+        keys.update({f"op_{k}": np.asarray(r.weights, np.float32) for k, r in enumerate(op_ranges or [])})
+        if keys:
+            np.savez(os.path.join(workdir, "ranges.npz"), **keys)
         with open(os.path.join(workdir, "options.json"), "w") as f:
             json.dump(options, f)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
