@@ -87,3 +87,43 @@ def lsb_errors(qat_model, flatbuffer, x, targets):
 def summary(errors):
     """{name: (mean, p99, max)} rounded, for messages."""
     return {n: tuple(round(float(v), 3) for v in (e.mean(), np.percentile(e, 99), e.max())) for n, e in errors.items()}
+
+
+def matched_outputs(flatbuffer, expected, x):
+    """The flatbuffer's outputs on `x`, in the order of `expected` (the QAT model's outputs), and their LSBs.
+
+    TFLite may order a multi-output model's outputs differently; each QAT output is paired with the
+    flatbuffer output closest to it. Returns [(values, lsb)] (lsb 0.0 for a float output).
+    """
+    from lstm_transforms import tflite_utils
+
+    got = tflite_utils.predict(flatbuffer, x)
+    got = got if isinstance(got, list) else [got]
+    details = tflite_utils.interpreter(flatbuffer).get_output_details()
+    free = list(range(len(got)))
+    out = []
+    for want in expected:
+        k = min((j for j in free if got[j].shape == want.shape), key=lambda j: np.abs(got[j] - want).mean())
+        free.remove(k)
+        out.append((got[k], float(details[k]["quantization"][0])))
+    return out
+
+
+def bias_scale_mismatches(flatbuffer):
+    """(op, bias name, bias scale, input scale * weight scale) for every int32 bias whose scale is off."""
+    from lstm_transforms import tflite_utils
+
+    it = tflite_utils.interpreter(flatbuffer, inspect=True)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    triples = {"FULLY_CONNECTED": [(2, 0, 1)], "CONV_2D": [(2, 0, 1)], "DEPTHWISE_CONV_2D": [(2, 0, 1)],
+               "UNIDIRECTIONAL_SEQUENCE_LSTM": [(12, 0, 1), (13, 0, 2), (14, 0, 3), (15, 0, 4)]}
+    found = []
+    for op in it._get_ops_details():
+        for b, i, w in triples.get(op["op_name"], []):
+            if b >= len(op["inputs"]) or op["inputs"][b] < 0:
+                continue
+            scale = lambda k: np.asarray(details[int(op["inputs"][k])]["quantization_parameters"]["scales"])  # noqa: E731
+            want = scale(i)[0] * scale(w)
+            if not np.allclose(scale(b), want, rtol=1e-5, atol=0):
+                found.append((op["op_name"], details[int(op["inputs"][b])]["name"], scale(b), want))
+    return found

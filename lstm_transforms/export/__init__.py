@@ -76,9 +76,10 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, activatio
         raise ExportError(f"Export of '{qat_model.name}': the QAT ranges of {len(report['unmatched_lstm_ranges'])} "
                           "fused LSTM cell(s) found no LSTM op in the converted model. This is a bug in "
                           "lstm_transforms: please report it with the model.")
-    for name in report.get("off_grid", []):
-        warnings.warn(f"'{qat_model.name}': weight '{name}' is not on a {model_plan.weight_bits}-bit grid; it is "
-                      "stored as plain int8.", ExportWarning, stacklevel=2)
+    weighted = [layer for layer in model_plan.layers if layer.weight_bits]
+    if report.get("off_grid") and all(layer.weight_bits < 8 for layer in weighted):
+        warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} are not on a {model_plan.weight_bits}-bit "
+                      "grid; they are stored as plain int8.", ExportWarning, stacklevel=2)
     verify(flatbuffer, model_plan, int8_io=int8_io)  # 4. verify
     return flatbuffer
 

@@ -368,12 +368,14 @@ def _quantizer_range(quantizer, quantizer_vars):
 
 
 def _fake_quant(quantizer, quantizer_vars, name):
-    """A `FakeQuant` reproducing a tfmot activation quantizer at inference, or None if not per-tensor."""
+    """A `FakeQuant` with a tfmot activation quantizer's range, or None if not per-tensor.
+
+    Always 8 bits: the device's activations are int8 whatever width QAT simulated (the plan warns).
+    """
     bounds = _quantizer_range(quantizer, quantizer_vars)
     if bounds is None:
         return None
-    return FakeQuant(*bounds, getattr(quantizer, "num_bits", 8), getattr(quantizer, "narrow_range", False),
-                     name=name)
+    return FakeQuant(*bounds, 8, getattr(quantizer, "narrow_range", False), name=name)
 
 
 def _op_range(layer):

@@ -91,7 +91,7 @@ def _input_specs(model):
 
 def _save(model, specs, path):
     module = tf.Module()
-    module.model = model
+    module.variables_to_save = list(model.variables)  # not the model: Keras would trace every layer
     module.serve = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False),
                                input_signature=specs)
     tf.saved_model.save(module, path, signatures=module.serve.get_concrete_function())

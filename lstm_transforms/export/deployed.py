@@ -141,11 +141,23 @@ def _activation_name(fn):
         return getattr(fn, "__name__", "")
 
 
-def _per_gate_steps(x, cell, input_bias):
-    """Per gate, the list over time of x_t @ W_gate + b_gate (one projection per gate for all steps)."""
+def _per_gate_steps(x, cell, input_bias, unused_at_start=()):
+    """Per gate, the list over time of x_t @ W_gate + b_gate (one projection per gate for all steps).
+
+    Gates in `unused_at_start` are not needed at step 0 (their entry there is None): they project
+    steps 1.. only, so that every output of the UNPACK is used (an unused one can leave the whole
+    UNPACK in float).
+    """
     kernels = cell.gate_blocks(cell.kernel)
     biases = cell.gate_blocks(input_bias) if input_bias is not None else [None] * cell.gates
-    return [tf.unstack(_input_projection(x, k, b), axis=1) for k, b in zip(kernels, biases)]
+    steps = []
+    for g, (k, b) in enumerate(zip(kernels, biases)):
+        if g in unused_at_start:
+            rest = tf.unstack(_input_projection(x[:, 1:], k, b), axis=1) if x.shape[1] > 1 else []
+            steps.append([None] + rest)
+        else:
+            steps.append(tf.unstack(_input_projection(x, k, b), axis=1))
+    return steps
 
 
 def _step_range(cell, t, steps, fix_last):
@@ -160,15 +172,14 @@ def _step_range(cell, t, steps, fix_last):
 def unrolled_lstm(x, cell, fix_last=True):
     """LSTM steps in FULLY_CONNECTED / ADD / MUL / activation ops: (outputs per step, [h, c])."""
     act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
-    x_i, x_f, x_c, x_o = _per_gate_steps(x, cell, cell.bias)
+    x_i, x_f, x_c, x_o = _per_gate_steps(x, cell, cell.bias, unused_at_start=(1,))  # no f at step 0: c is 0
     u_i, u_f, u_c, u_o = cell.gate_blocks(cell.recurrent_kernel)
     h = c = None  # zero initial state: the recurrent terms of step 0 vanish
     outputs = []
     for t in range(len(x_i)):
-        z = [x_g[t] if h is None else x_g[t] + _recurrent(h, u_g) for x_g, u_g in
-             ((x_i, u_i), (x_f, u_f), (x_c, u_c), (x_o, u_o))]
-        i, f, g, o = rec(z[0]), rec(z[1]), act(z[2]), rec(z[3])
-        c = i * g if c is None else f * c + i * g
+        z = [x_g[t] if h is None else x_g[t] + _recurrent(h, u_g) for x_g, u_g in ((x_i, u_i), (x_c, u_c), (x_o, u_o))]
+        i, g, o = rec(z[0]), act(z[1]), rec(z[2])
+        c = i * g if c is None else rec(x_f[t] + _recurrent(h, u_f)) * c + i * g
         if cell.cell_clip:
             c = tf.clip_by_value(c, -cell.cell_clip, cell.cell_clip)
         h = _fake_quant(o * act(c), _step_range(cell, t, len(x_i), fix_last))
@@ -181,9 +192,10 @@ def unrolled_gru(x, cell, fix_last=True):
     act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
     bias = cell.bias
     input_bias, recurrent_bias = (bias[0], bias[1]) if bias is not None and cell.reset_after else (bias, None)
-    x_z, x_r, x_h = _per_gate_steps(x, cell, input_bias)
-    u_z, u_r, u_h = cell.gate_blocks(cell.recurrent_kernel)
     b_z, b_r, b_h = cell.gate_blocks(recurrent_bias) if recurrent_bias is not None else (None, None, None)
+    reset_unused_at_start = not cell.reset_after or b_h is None  # r multiplies h @ U_h (+ b_h), 0 at step 0
+    x_z, x_r, x_h = _per_gate_steps(x, cell, input_bias, unused_at_start=(1,) if reset_unused_at_start else ())
+    u_z, u_r, u_h = cell.gate_blocks(cell.recurrent_kernel)
     h = None
     outputs = []
     for t in range(len(x_z)):
@@ -193,7 +205,7 @@ def unrolled_gru(x, cell, fix_last=True):
             rz, rr = _recurrent(h, u_z, b_z), _recurrent(h, u_r, b_r)
             rh = _recurrent(h, u_h, b_h) if cell.reset_after else None
         z = rec(x_z[t] if rz is None else x_z[t] + rz)
-        r = rec(x_r[t] if rr is None else x_r[t] + rr)
+        r = None if x_r[t] is None else rec(x_r[t] if rr is None else x_r[t] + rr)
         if cell.reset_after:
             pre = x_h[t] if rh is None else x_h[t] + r * rh
         else:

@@ -243,16 +243,22 @@ def _layer_plan(model, layer, consumed, activations):
     status = "quantized" if _graph.is_quantize_wrapper(layer) else "skipped"
     if _graph.is_recurrent(layer):
         return _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activations)
+    if cls in _IDENTITY_AT_INFERENCE:
+        return LayerPlan(name, cls, status, quantized or ("identity at inference",), NO_OP)
+    if cls in _SCALE_SHARING or (_graph.is_quantize_wrapper(layer) and not _has_own_quantization(layer)):
+        return LayerPlan(name, cls, status, quantized or ("no arithmetic: keeps its input's quantization",), INTEGER,
+                         "integer op sharing its input's scale")
     if _graph.is_quantize_wrapper(layer):
         return LayerPlan(name, cls, status, quantized, INTEGER, "integer op with the QAT weights and output range",
                          device_differs=tuple(_tfmot_differences(layer, activations)))
-    if cls in _IDENTITY_AT_INFERENCE:
-        return LayerPlan(name, cls, status, ("identity at inference",), NO_OP)
-    if cls in _SCALE_SHARING:
-        return LayerPlan(name, cls, status, ("no arithmetic: keeps its input's quantization",), INTEGER,
-                         "integer op sharing its input's scale")
     return LayerPlan(name, cls, status, (), CALIBRATED,
                      "integer op; weights and output range from post-training calibration at export")
+
+
+def _has_own_quantization(wrapper):
+    act = getattr(wrapper.layer, "activation", None)
+    return bool(getattr(wrapper, "_weight_vars", None) or getattr(wrapper, "_output_quantizers", None)
+                or type(act).__name__ == "QuantizeAwareActivation")
 
 
 def _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activations):
@@ -268,7 +274,7 @@ def _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activa
             cell_plans.append(_cell_plan(cell, rnn, direction, k, (d, k) in used_cell_states, steps, activations))
     blocked = [c for c in cell_plans if c.deploy == BLOCKED]
     if problem is None and blocked:
-        problem = f"Layer '{name}' ({cls}){_where(blocked[0], len(cell_plans))}: {blocked[0].reason}"
+        problem = f"Layer '{name}' ({cls}){_where(blocked[0], len(cell_plans))} {blocked[0].reason}"
     kinds = sorted({c.deploy for c in cell_plans})
     deploy = BLOCKED if problem else "+".join(kinds)
     fused = sum(c.deploy == FUSED for c in cell_plans)
@@ -344,35 +350,38 @@ def _cell_plan(cell, rnn, direction, index, c_used, steps, activations):
     kind = _graph.cell_kind(cell)
     cell_class = _display_class(cell)
     notes = []
-    reasons = []
+    reasons = []  # (why the cell is unrolled, the alternative that would fuse it)
     if kind == "lstm":
         act, rec = _activation_name(cell.activation), _activation_name(cell.recurrent_activation)
         if act != "tanh":
-            reasons.append(f"activation={act!r}: TFLite's integer LSTM kernel computes tanh only")
+            reasons.append((f"activation={act!r}: TFLite's integer LSTM kernel computes tanh only", "activation='tanh'"))
         if rec != "sigmoid":
-            reasons.append(f"recurrent_activation={rec!r}: TFLite's integer LSTM kernel computes sigmoid gates only")
+            reasons.append((f"recurrent_activation={rec!r}: TFLite's integer LSTM kernel computes sigmoid gates only",
+                            "recurrent_activation='sigmoid'"))
         if c_used:
-            reasons.append("return_state: its cell state c is used, and the fused op does not output c")
+            reasons.append(("return_state: its cell state c is used, and the fused op does not output c",
+                            "no use of the returned c"))
         if activations == "int16":
-            reasons.append("activations='int16': the converter has no 16x8 UNIDIRECTIONAL_SEQUENCE_LSTM")
+            reasons.append(("activations='int16': the converter has no 16x8 UNIDIRECTIONAL_SEQUENCE_LSTM",
+                            "activations='int8'"))
         notes = _baked_away(cell, rnn)
         if not reasons:
             return CellPlan(direction, index, cell_class, kind, FUSED, "", tuple(notes))
     elif kind in ("gru", "simple_rnn"):
-        reasons.append(f"TFLite has no fused integer {cell_class[:-4]} kernel")
+        reasons.append((f"TFLite has no fused integer {cell_class[:-4]} kernel", None))
     else:
-        reasons.append(f"{cell_class} is a user cell: its own call is unrolled and converted op by op")
-    reason = "; ".join(reasons)
+        reasons.append((f"{cell_class} is a user cell: its own call is unrolled and converted op by op", None))
+    reason = "; ".join(why for why, _ in reasons)
     if steps is None:
+        fixes = [fix for _, fix in reasons if fix]
+        alternative = f", or fuse it instead ({', '.join(fixes)})" if fixes else ""
         return CellPlan(direction, index, cell_class, kind, BLOCKED,
-                        f"has a time dimension of None. {reason[0].upper() + reason[1:]}, so it is exported unrolled, "
-                        "which needs a fixed number of steps: build the model with keras.Input(shape=(T, features))"
-                        + (", or use the fused LSTM's settings (tanh / sigmoid, c unused)." if kind == "lstm" else "."),
-                        tuple(notes))
+                        f"has a time dimension of None. It is exported unrolled ({reason}), which needs a fixed number "
+                        f"of steps: build the model with keras.Input(shape=(T, features)){alternative}.", tuple(notes))
     if getattr(rnn, "stateful", False):
         return CellPlan(direction, index, cell_class, kind, BLOCKED,
-                        f"has stateful=True. {reason}, so it is exported unrolled, and the unrolled graph starts from "
-                        "a zero state on every call: build it with stateful=False.", tuple(notes))
+                        f"has stateful=True. It is exported unrolled ({reason}), and the unrolled graph starts from a "
+                        "zero state on every call: build it with stateful=False.", tuple(notes))
     return CellPlan(direction, index, cell_class, kind, UNROLLED, reason, tuple(notes))
 
 
