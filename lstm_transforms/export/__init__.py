@@ -71,15 +71,14 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, activatio
     flatbuffer = convert(  # 3. convert
         baked.model, arrays, int8_io=int8_io, timeout=timeout, progress=progress, activations=activations,
         input_ranges=baked.input_ranges, lstm_ranges=baked.lstm_ranges, op_ranges=baked.op_ranges,
-        weight_bits=model_plan.weight_bits, report=report)
+        weight_grids=baked.weight_grids, report=report)
     if report.get("unmatched_lstm_ranges"):
         raise ExportError(f"Export of '{qat_model.name}': the QAT ranges of {len(report['unmatched_lstm_ranges'])} "
                           "fused LSTM cell(s) found no LSTM op in the converted model. This is a bug in "
                           "lstm_transforms: please report it with the model.")
-    weighted = [layer for layer in model_plan.layers if layer.weight_bits]
-    if report.get("off_grid") and all(layer.weight_bits < 8 for layer in weighted):
-        warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} are not on a {model_plan.weight_bits}-bit "
-                      "grid; they are stored as plain int8.", ExportWarning, stacklevel=2)
+    if report.get("off_grid"):
+        warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} could not be stored on their QAT grid; "
+                      "they are stored as the converter rounded them.", ExportWarning, stacklevel=2)
     verify(flatbuffer, model_plan, int8_io=int8_io)  # 4. verify
     return flatbuffer
 

@@ -6,8 +6,9 @@
   writes h with the intermediate's parameters and reads it back with the state's), its cell state
   bound and its CellClip. The range follows the LSTM output through ops that keep their input's
   scale (RESHAPE, STRIDED_SLICE, REVERSE_V2, ...); a CONCATENATION gets the union of its inputs.
-* `regrid_weights`: int8 weights that lie on a coarser (2..7-bit) symmetric grid are
-  re-expressed exactly on it (codes k*m, scale step/m), so they dequantize to the QAT weights.
+* `regrid_weights`: int8 weights whose QAT grid is coarser than the converter's (2-7-bit weights,
+  stale tfmot weight ranges) are re-expressed exactly on it (codes k*m, scale step/m), so they
+  dequantize to the QAT weights.
 * `requantize_biases`: every int32 bias at scale input_scale * weight_scale (what the integer
   kernels assume).
 """
@@ -56,9 +57,14 @@ def op_name(model, op):
     return _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
 
 
+_NUMPY_TYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8,
+                schema.TensorType.INT32: np.int32}
+
+
 def _constant(model, tensor, dtype):
+    """The constant data of `tensor` as `dtype`, or None (no data, or another type)."""
     data = model.buffers[tensor.buffer].data
-    if data is None or len(data) == 0:
+    if data is None or len(data) == 0 or _NUMPY_TYPES.get(tensor.type) is not np.dtype(dtype).type:
         return None
     return np.frombuffer(bytes(bytearray(data)), dtype).reshape(tensor.shape)
 
@@ -165,12 +171,19 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=()):
     for op in graph.operators:
         if op_name(model, op) not in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D") or len(op.inputs) < 2:
             continue
-        weight = _constant(model, graph.tensors[op.inputs[1]], np.float32)
-        if weight is None:
+        tensor = graph.tensors[op.inputs[1]]
+        weight = _constant(model, tensor, np.float32)
+        if weight is not None:
+            tolerance = 1e-6 * max(1.0, float(np.abs(weight).max()))
+        elif _dequantized(model, tensor) is not None:  # already int8 in the calibrated model
+            codes, scales = _dequantized(model, tensor)
+            weight, tolerance = codes * scales, 0.51 * float(scales.max())
+        else:
             continue
         values = np.sort(weight.ravel())
         for k, ranges in enumerate(op_ranges):
-            if ranges["weights"].shape == values.shape and np.array_equal(ranges["weights"], values):
+            if ranges["weights"].shape == values.shape and np.allclose(
+                    ranges["weights"], values, rtol=0, atol=tolerance):
                 matched_ops.add(k)
                 _set_range(graph.tensors[op.outputs[0]], *ranges["output"])
                 break
@@ -290,64 +303,72 @@ def _weight_tensors(model, graph):
                 yield graph.tensors[op.inputs[position]]
 
 
-def _coarse_grid(codes, bits):
-    """(k, kmax) with codes == round(k * max|codes| / kmax) for the smallest kmax <= 2^(bits-1) - 1, or None."""
-    top = int(np.abs(codes).max())
-    if top == 0:
+def _dequantized(model, tensor):
+    """(int codes, per-element scales) of an int8 constant, or None."""
+    q = tensor.quantization
+    if tensor.type != schema.TensorType.INT8 or q is None or q.scale is None or len(q.scale) == 0:
         return None
-    for kmax in range(1, 2 ** (bits - 1)):
-        k = np.round(codes * kmax / top)
-        if np.array_equal(np.round(k * top / kmax), codes):
-            return k.astype(np.int32), kmax
-    return None
+    codes = _constant(model, tensor, np.int8)
+    if codes is None:
+        return None
+    scales = np.asarray(q.scale, np.float64)
+    shape = [1] * codes.ndim
+    if scales.size > 1:
+        shape[q.quantizedDimension] = -1
+    return codes.astype(np.int64), np.broadcast_to(scales.reshape(shape), codes.shape)
 
 
-def regrid_weights(flatbuffer, bits):
-    """Re-express int8 weights that lie on a coarser symmetric grid exactly on it: codes k*m, m = 127 // kmax.
+def regrid_weights(flatbuffer, grids):
+    """Re-express int8 weights exactly on their QAT grid: codes k*m with m = 127 // kmax.
 
-    The converter maps max|w| to code 127. QAT weights are k * step with |k| <= kmax: 2^(bits-1) - 1
-    for low-bit weights, or fewer when a tfmot weight range went stale (the weights shrank after the
-    last training step). Their codes are round(k * 127 / kmax); the smallest kmax that reproduces
-    them gives back k exactly, so the int8 weights dequantize to the QAT weights again. Weights of
-    a plain 8-bit grid stay as they are. Returns (flatbuffer, changed tensor names, names of
-    weights on no grid of `bits` bits or fewer). Biases must be requantized afterwards.
+    The converter maps max|w| to code 127, but QAT weights are k * step with |k| <= kmax, kmax
+    being 2^(bits-1) - 1 for low-bit weights, or less when a tfmot weight range went stale (the
+    weights moved after the last training step). Their codes round(k * 127 / kmax) give back k
+    exactly. `grids`: dicts with `values` (the QAT weight tensor's values, sorted: the converter
+    transposes kernels) and `kmax` (one per output channel, or one). A weight tensor is matched to a
+    grid by its dequantized values. Returns (flatbuffer, changed tensor names, names of matched
+    weights whose codes are not on their grid). Biases must be requantized afterwards.
     """
     model = read(flatbuffer)
     changed, off_grid = [], []
     for graph in model.subgraphs:
         for tensor in _weight_tensors(model, graph):
+            found = _dequantized(model, tensor)
+            if found is None:
+                continue
+            codes, scales = found
+            values = np.sort((codes * scales).ravel())
+            tolerance = 0.51 * float(scales.max())
+            grid = next((g for g in grids if g["values"].shape == values.shape
+                         and np.allclose(g["values"], values, rtol=0, atol=tolerance)), None)
+            if grid is None:
+                continue
             q = tensor.quantization
-            if tensor.type != schema.TensorType.INT8 or q is None or q.scale is None:
+            per_channel = len(q.scale) > 1
+            axis = q.quantizedDimension if per_channel else 0
+            blocks = np.moveaxis(codes, axis, 0) if per_channel else codes[None]
+            kmaxes = list(grid["kmax"]) if per_channel else [grid["kmax"][0]]
+            if len(kmaxes) != len(blocks):
                 continue
-            codes = _constant(model, tensor, np.int8)
-            if codes is None:
-                continue
-            scales = np.asarray(q.scale, np.float64)
-            axis = q.quantizedDimension if scales.size > 1 else None
-            slices = np.moveaxis(codes.astype(np.int64), axis, 0) if axis is not None else codes.astype(np.int64)[None]
-            new_codes, new_scales, ok = np.empty_like(slices), scales.copy(), True
-            for c, (block, scale) in enumerate(zip(slices, np.broadcast_to(scales, len(slices)))):
-                grid = _coarse_grid(block, bits)
-                if grid is None:
-                    ok = block.size > 0 and not np.abs(block).any()  # an all-zero channel is on every grid
-                    new_codes[c] = block
-                    if not ok:
-                        break
-                    continue
-                k, kmax = grid
-                m = 127 // kmax
-                new_codes[c] = k * m
-                new_scales[c if scales.size > 1 else 0] = scale * np.abs(block).max() / (kmax * m)
+            new_codes, new_scales = blocks.copy(), np.asarray(q.scale, np.float64).copy()
             name = bytes(tensor.name).decode()
-            if not ok:
-                off_grid.append(name)
-                continue
-            out = np.moveaxis(new_codes, 0, axis) if axis is not None else new_codes[0]
-            if np.array_equal(out, codes):
-                continue
-            model.buffers[tensor.buffer].data = np.frombuffer(out.astype(np.int8).tobytes(), np.uint8)
-            q.scale = [float(s) for s in new_scales.astype(np.float32)]
-            changed.append(name)
+            for c, (block, kmax) in enumerate(zip(blocks, kmaxes)):
+                top = int(np.abs(block).max())
+                if top == 0 or kmax < 1:
+                    continue
+                k = np.round(block * kmax / top)
+                if not np.array_equal(np.round(k * top / kmax), block):
+                    off_grid.append(name)
+                    break
+                m = 127 // kmax
+                new_codes[c] = k.astype(np.int64) * m
+                new_scales[c] = new_scales[c] * top / (kmax * m)
+            else:
+                out = np.moveaxis(new_codes, 0, axis) if per_channel else new_codes[0]
+                if not np.array_equal(out, codes):
+                    model.buffers[tensor.buffer].data = np.frombuffer(out.astype(np.int8).tobytes(), np.uint8)
+                    q.scale = [float(v) for v in new_scales.astype(np.float32)]
+                    changed.append(name)
     return write(model), changed, off_grid
 
 

@@ -22,14 +22,16 @@ import traceback
 def _load_ranges(workdir, options):
     import numpy as np
 
-    lstm_ranges, op_ranges = [], []
-    if options.get("lstm_ranges") or options.get("op_ranges"):
+    lstm_ranges, op_ranges, grids = [], [], []
+    if os.path.exists(os.path.join(workdir, "ranges.npz")):
         with np.load(os.path.join(workdir, "ranges.npz")) as keys:
             for k, ranges in enumerate(options.get("lstm_ranges", [])):
                 lstm_ranges.append(dict(ranges, input_to_forget=keys[f"lstm_{k}"]))
             for k, output in enumerate(options.get("op_ranges", [])):
                 op_ranges.append({"weights": keys[f"op_{k}"], "output": output})
-    return options.get("input_ranges", {}), lstm_ranges, op_ranges
+            for k, kmax in enumerate(options.get("weight_grids", [])):
+                grids.append({"values": keys[f"grid_{k}"], "kmax": kmax})
+    return options.get("input_ranges", {}), lstm_ranges, op_ranges, grids
 
 
 def _convert(workdir):
@@ -64,21 +66,22 @@ def _convert(workdir):
             else tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         # tfmot quantizes Dense kernels per tensor; keep the converter from re-quantizing per channel.
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-        if int16:  # the 16x8 quantizer: no calibration statistics to edit
-            if options["int8_io"]:
-                converter.inference_input_type = converter.inference_output_type = io_type
-            flatbuffer = converter.convert()
+        converter._experimental_calibrate_only = True
+        calibrated = _flatbuffer.measure_ranges(converter.convert(), arrays)
+        input_ranges, lstm_ranges, op_ranges, grids = _load_ranges(workdir, options)
+        calibrated, report["unmatched_lstm_ranges"], report["unmatched_op_ranges"] = (
+            _flatbuffer.set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges))
+        if int16:  # the converter's 16x8 quantizer (not MLIR), on the same edited statistics
+            from tensorflow.lite.python.optimize import calibrator
+
+            number = lambda dtype: np.dtype(dtype.as_numpy_dtype).num  # noqa: E731
+            flatbuffer = calibrator.Calibrator(calibrated)._calibrator.QuantizeModel(
+                number(io_type), number(io_type), False, number(tf.int16), number(tf.int64), False, True)
         else:
-            converter._experimental_calibrate_only = True
-            calibrated = _flatbuffer.measure_ranges(converter.convert(), arrays)
-            input_ranges, lstm_ranges, op_ranges = _load_ranges(workdir, options)
-            calibrated, report["unmatched_lstm_ranges"], report["unmatched_op_ranges"] = (
-                _flatbuffer.set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges))
             flatbuffer = tflite_convert.mlir_quantize(
                 calibrated, disable_per_channel=False, input_data_type=io_type, output_data_type=io_type,
                 disable_per_channel_for_dense_layers=True)
-        flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_weights(
-            flatbuffer, options.get("weight_bits") or 8)
+        flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_weights(flatbuffer, grids)
         flatbuffer, report["bias_fixes"] = _flatbuffer.requantize_biases(flatbuffer)
     else:
         flatbuffer = converter.convert()

@@ -36,7 +36,7 @@ from lstm_transforms.export.deployed import WithFakeQuant
 from lstm_transforms.export.errors import ExportError
 from lstm_transforms.export.plan import BLOCKED, FUSED, deployment_plan
 
-__all__ = ["bake", "baked_float_model", "Baked", "LSTMRanges", "OpRange", "raise_if_blocked"]
+__all__ = ["bake", "baked_float_model", "Baked", "LSTMRanges", "OpRange", "WeightGrid", "raise_if_blocked"]
 
 
 @dataclasses.dataclass
@@ -63,11 +63,24 @@ class OpRange:
 
 
 @dataclasses.dataclass
+class WeightGrid:
+    """A QAT weight tensor whose grid is coarser than the converter's int8 grid (`_flatbuffer.regrid_weights`).
+
+    `values`: the tensor's values, sorted (the converter transposes kernels); `kmax`: the largest
+    |k| of its values k * step, per output channel (one entry: per tensor).
+    """
+
+    values: np.ndarray
+    kmax: list
+
+
+@dataclasses.dataclass
 class Baked:
     model: object  # the float tf-keras model
     input_ranges: dict  # model input index -> (lo, hi) from the QAT QuantizeLayer
     lstm_ranges: list  # LSTMRanges, one per fused LSTM cell
     op_ranges: list = dataclasses.field(default_factory=list)  # OpRange of Dense / Conv layers
+    weight_grids: list = dataclasses.field(default_factory=list)  # WeightGrid of weights on a coarser grid
 
 
 def raise_if_blocked(model_plan):
@@ -89,7 +102,7 @@ def bake(model, model_plan, *, qat_ranges=True):
     """
     check_model(model, "qat_model")
     raise_if_blocked(model_plan)
-    pairs, input_ranges, lstm_ranges, op_ranges = [], {}, [], []
+    pairs, input_ranges, lstm_ranges, op_ranges, grids = [], {}, [], [], []
     input_layers = {id(t._keras_history.layer): k for k, t in enumerate(model.inputs)}
 
     def clone(layer):
@@ -103,6 +116,8 @@ def bake(model, model_plan, *, qat_ranges=True):
             keep = qat_ranges and not _feeds_recurrent(model, layer)
             fq = _fake_quant(layer.quantizer, layer.quantizer_vars, layer.name) if keep else None
             return fq or keras.layers.Activation("linear", name=layer.name)
+        if _graph.is_quantize_wrapper(layer):
+            grids.extend(_weight_grids(layer))
         if _graph.is_recurrent(layer) and all(_graph.cell_kind(c) != "custom" for c in _all_cells(layer)):
             spec, ranges = _recurrent_spec(model, layer, model_plan.layer(_graph.inner(layer).name), qat_ranges)
             lstm_ranges.extend(ranges)
@@ -123,7 +138,7 @@ def bake(model, model_plan, *, qat_ranges=True):
     for source, new in pairs:
         if new.weights:
             new.set_weights(_baked_weights(source, new))
-    return Baked(float_model, input_ranges, lstm_ranges, op_ranges)
+    return Baked(float_model, input_ranges, lstm_ranges, op_ranges, grids)
 
 
 def _inbound_layers(model, layer):
@@ -376,6 +391,36 @@ def _fake_quant(quantizer, quantizer_vars, name):
     if bounds is None:
         return None
     return FakeQuant(*bounds, 8, getattr(quantizer, "narrow_range", False), name=name)
+
+
+def _weight_grids(wrapper):
+    """[WeightGrid] for the wrapper's weights whose QAT grid has fewer steps than int8's 127 a side.
+
+    Per-gate recurrent weights (one max-abs scale per gate block): each block, when below 8 bits.
+    tfmot's symmetric weight quantizers (Dense per tensor, Conv per channel): when below 8 bits, or
+    when the weights shrank after the range was last read (then their largest |k| is below 127).
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.quantizers import LastValueQuantizer
+
+    from lstm_transforms.quantizers import PerGateWeightQuantizer
+
+    grids = []
+    for (var, quantizer, qvars), (_, value) in zip(wrapper._weight_vars, _qat_weight_values(wrapper)):
+        bits = getattr(quantizer, "num_bits", 8)
+        top = 2 ** (bits - 1) - 1
+        if isinstance(quantizer, PerGateWeightQuantizer):
+            if bits < 8:
+                grids += [WeightGrid(np.sort(block.ravel()), [top])
+                          for block in np.split(value, quantizer.num_gates, axis=-1)]
+        elif (isinstance(quantizer, LastValueQuantizer) and quantizer.symmetric and quantizer.narrow_range
+              and "max_var" in (qvars or {}) and value.ndim >= 2):
+            bound = np.maximum(np.abs(qvars["min_var"].numpy()), np.abs(qvars["max_var"].numpy()))
+            step = np.maximum(bound, 1e-12) / top
+            channels = value.reshape(-1, value.shape[-1]) if quantizer.per_axis else value.reshape(-1, 1)
+            kmax = np.round(np.abs(channels).max(axis=0) / step).astype(int)
+            if bits < 8 or np.any((kmax < top) & (kmax > 0)):
+                grids.append(WeightGrid(np.sort(value.ravel()), [int(k) for k in kmax]))
+    return grids
 
 
 def _op_range(layer):

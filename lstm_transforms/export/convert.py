@@ -29,14 +29,15 @@ __all__ = ["convert"]
 
 def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, progress=False,
             float_model=None, activations="int8", input_ranges=None, lstm_ranges=None, op_ranges=None,
-            weight_bits=8, report=None):
+            weight_grids=None, report=None):
     """Convert a float tf-keras model to a TFLite flatbuffer (`bytes`) in a child process.
 
     With `representative_dataset`: post-training full-integer quantization (int8 weights, int32
     biases, int8 activations, int16 inside the integer LSTM; `activations="int16"`: 16x8); float
     input/output unless `int8_io=True`. Without it: a float model. Inputs are fixed to batch 1.
     `input_ranges` ({input index: (lo, hi)}), `lstm_ranges` (`bake.LSTMRanges`) and `op_ranges`
-    (`bake.OpRange`) replace the calibrated statistics of those tensors; `weight_bits` < 8 puts weights back on their grid.
+    (`bake.OpRange`) replace the calibrated statistics of those tensors; `weight_grids`
+    (`bake.WeightGrid`) put weights back on their QAT grid.
     `report` (a dict) receives what the child changed. Raises `ExportError` (naming the layer(s)
     and the cause) when the converter fails or crashes, or the result does not load and run.
     `progress=True` draws a calibration progress bar on stderr. `float_model` names layers in errors.
@@ -52,7 +53,7 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
         specs = _input_specs(model)
         _save(model, specs, os.path.join(workdir, "saved_model"))
         options = {"int8": arrays is not None, "int8_io": bool(int8_io), "activations": activations,
-                   "weight_bits": int(weight_bits or 8),
+                   "weight_grids": [list(g.kmax) for g in weight_grids or []],
                    "input_ranges": {specs[k].name: list(r) for k, r in (input_ranges or {}).items() if r},
                    "lstm_ranges": [_lstm_options(r) for r in lstm_ranges or []],
                    "op_ranges": [list(r.output) for r in op_ranges or []]}
@@ -60,6 +61,7 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
             np.savez(os.path.join(workdir, "calibration.npz"), *arrays)
         keys = {f"lstm_{k}": np.asarray(r.input_to_forget, np.float32) for k, r in enumerate(lstm_ranges or [])}
         keys.update({f"op_{k}": np.asarray(r.weights, np.float32) for k, r in enumerate(op_ranges or [])})
+        keys.update({f"grid_{k}": np.asarray(g.values, np.float32) for k, g in enumerate(weight_grids or [])})
         if keys:
             np.savez(os.path.join(workdir, "ranges.npz"), **keys)
         with open(os.path.join(workdir, "options.json"), "w") as f:
