@@ -71,7 +71,7 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, activatio
     flatbuffer = convert(  # 3. convert
         baked.model, arrays, int8_io=int8_io, timeout=timeout, progress=progress, activations=activations,
         input_ranges=baked.input_ranges, lstm_ranges=baked.lstm_ranges, op_ranges=baked.op_ranges,
-        weight_grids=baked.weight_grids, report=report)
+        named_ranges=baked.named_ranges, weight_grids=baked.weight_grids, report=report)
     if report.get("unmatched_lstm_ranges"):
         raise ExportError(f"Export of '{qat_model.name}': the QAT ranges of {len(report['unmatched_lstm_ranges'])} "
                           "fused LSTM cell(s) found no LSTM op in the converted model. This is a bug in "

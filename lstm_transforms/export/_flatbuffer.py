@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
@@ -136,13 +138,21 @@ def measure_ranges(calibrated, arrays):
     return write(model)
 
 
-def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=()):
+# int8 TANH / LOGISTIC outputs have a fixed scale (1/128, 1/256): their statistics say so, so that the
+# tensors sharing their scale (a PACK of steps) agree with it.
+_FIXED_INT8_RANGES = {"TANH": (-1.0, 1.0 - 1.0 / 128), "LOGISTIC": (0.0, 1.0 - 1.0 / 256)}
+
+
+def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), named_ranges=None,
+                           fixed_activations=True):
     """Write QAT ranges into a calibrated (not yet quantized) flatbuffer.
 
     `input_ranges`: {input tensor name: (lo, hi)}. `lstm_ranges`: dicts with `input_to_forget`
     (units, features) float32, `output` (lo, hi) or None, `cell_bound` or None, `cell_clip` or None.
     `op_ranges`: dicts with `weights` (a kernel's values, sorted) and `output` (lo, hi) for the
-    FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op with that kernel. Then every group of tensors
+    FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op with that kernel. `named_ranges`: {tag: (lo, hi)}
+    for the tensors named `.../{tag}_t<step>` (the h of unrolled cells). `fixed_activations`: TANH /
+    LOGISTIC outputs get their int8 kernels' fixed ranges. Then every group of tensors
     TFLite gives one scale (`_scale_groups`) gets one range. Returns (bytes, indices of
     `lstm_ranges` and of `op_ranges` that matched no op).
     """
@@ -187,6 +197,16 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=()):
                 matched_ops.add(k)
                 _set_range(graph.tensors[op.outputs[0]], *ranges["output"])
                 break
+    tags = re.compile(r"(?:^|/)(lt_h\d+)_t\d+$")
+    for tensor in graph.tensors:
+        for part in bytes(tensor.name).decode().split(";"):
+            found = tags.search(part)
+            if found and found.group(1) in (named_ranges or {}):
+                _set_range(tensor, *named_ranges[found.group(1)])
+    if fixed_activations:
+        for op in graph.operators:
+            if op_name(model, op) in _FIXED_INT8_RANGES:
+                _set_range(graph.tensors[op.outputs[0]], *_FIXED_INT8_RANGES[op_name(model, op)])
     _share_group_ranges(model, graph)
     return (write(model), [k for k in range(len(lstm_ranges)) if k not in matched],
             [k for k in range(len(op_ranges)) if k not in matched_ops])

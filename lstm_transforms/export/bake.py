@@ -80,6 +80,7 @@ class Baked:
     input_ranges: dict  # model input index -> (lo, hi) from the QAT QuantizeLayer
     lstm_ranges: list  # LSTMRanges, one per fused LSTM cell
     op_ranges: list = dataclasses.field(default_factory=list)  # OpRange of Dense / Conv layers
+    named_ranges: dict = dataclasses.field(default_factory=dict)  # h of unrolled cells: op name tag -> (lo, hi)
     weight_grids: list = dataclasses.field(default_factory=list)  # WeightGrid of weights on a coarser grid
 
 
@@ -102,7 +103,7 @@ def bake(model, model_plan, *, qat_ranges=True):
     """
     check_model(model, "qat_model")
     raise_if_blocked(model_plan)
-    pairs, input_ranges, lstm_ranges, op_ranges, grids = [], {}, [], [], []
+    pairs, input_ranges, lstm_ranges, op_ranges, grids, named_ranges = [], {}, [], [], [], {}
     input_layers = {id(t._keras_history.layer): k for k, t in enumerate(model.inputs)}
 
     def clone(layer):
@@ -121,12 +122,15 @@ def bake(model, model_plan, *, qat_ranges=True):
         if _graph.is_recurrent(layer) and all(_graph.cell_kind(c) != "custom" for c in _all_cells(layer)):
             spec, ranges = _recurrent_spec(model, layer, model_plan.layer(_graph.inner(layer).name), qat_ranges)
             lstm_ranges.extend(ranges)
+            for cell in (c for d in spec.directions for c in d.cells if c.deploy != FUSED and c.output_range):
+                cell.tag = f"lt_h{len(named_ranges)}"
+                named_ranges[cell.tag] = cell.output_range
             return DeployedRNN(spec, name=_graph.inner(layer).name)
         new = _float_layer(layer)
         pairs.append((layer, new))
-        fq = _output_fake_quant(model, layer) if qat_ranges else None
-        if qat_ranges:
-            op_ranges.extend(_op_range(layer))
+        ranges = _op_range(layer) if qat_ranges else []
+        op_ranges.extend(ranges)
+        fq = _output_fake_quant(model, layer) if qat_ranges and not ranges else None
         return WithFakeQuant(new, fq) if fq is not None else new
 
     try:
@@ -138,7 +142,8 @@ def bake(model, model_plan, *, qat_ranges=True):
     for source, new in pairs:
         if new.weights:
             new.set_weights(_baked_weights(source, new))
-    return Baked(float_model, input_ranges, lstm_ranges, op_ranges, grids)
+    return Baked(float_model, input_ranges, lstm_ranges, op_ranges=op_ranges, named_ranges=named_ranges,
+                 weight_grids=grids)
 
 
 def _inbound_layers(model, layer):
@@ -221,8 +226,7 @@ def _cell_spec(cell, deploy, kernel, recurrent_kernel, qat_ranges):
     bias = np.asarray(cell.bias.numpy(), np.float32) if getattr(cell, "use_bias", True) else None
     spec = CellSpec(kind, deploy, int(cell.units), np.asarray(kernel, np.float32),
                     np.asarray(recurrent_kernel, np.float32), bias, cell.activation,
-                    getattr(cell, "recurrent_activation", None), bool(getattr(cell, "reset_after", True)),
-                    int8=qat_ranges)
+                    getattr(cell, "recurrent_activation", None), bool(getattr(cell, "reset_after", True)))
     if qat_ranges and isinstance(cell, _QuantizedCellMixin) and cell.full_quantization:
         lo, hi = asymmetric_bounds(cell.quant_output_min, cell.quant_output_max)
         spec.output_range = (float(lo), float(hi))
@@ -445,11 +449,14 @@ def _op_range(layer):
 
 
 def _output_fake_quant(model, layer):
-    """The QAT range a wrapper applies to its output (output quantizer or post-activation), if any."""
+    """The QAT range a wrapper applies to its output (output quantizer or post-activation), if any.
+
+    None (the range is calibrated) where the output shares its scale with other tensors: after a
+    recurrent output (Concatenate, pooling, ...), or into a Concatenate. The converter pushes a fixed
+    range onto every tensor of such a group, where it can clip them.
+    """
     if (not _graph.is_quantize_wrapper(layer) or _graph.is_recurrent(layer)
-            or _shares_scale_with_recurrent(model, layer)):
-        # Outputs of layers that must share their input's scale (Concatenate, pooling, ...) when that
-        # input is a recurrent output are calibrated: a fixed range there makes the converter requantize.
+            or _shares_scale_with_recurrent(model, layer) or _feeds_concatenation(model, layer)):
         return None
     name = layer.layer.name + "_fake_quant"
     if getattr(layer, "_output_quantizers", None):
@@ -476,6 +483,23 @@ def _shares_scale_with_recurrent(model, layer, depth=0):
             return True
         if (type(_graph.inner(inbound)).__name__ in _SCALE_SHARING
                 and _shares_scale_with_recurrent(model, inbound, depth + 1)):
+            return True
+    return False
+
+
+def _feeds_concatenation(model, layer, depth=0):
+    """Whether `layer`'s output reaches a Concatenate directly or through single-input scale-sharing layers."""
+    if depth > 50:
+        return False
+    members = {id(node) for other in model.layers for node in _graph.nodes(model, other)}
+    for node in layer._outbound_nodes:
+        if id(node) not in members:
+            continue
+        out = node.outbound_layer
+        name = type(_graph.inner(out)).__name__
+        if name == "Concatenate":
+            return True
+        if name in _SCALE_SHARING and _feeds_concatenation(model, out, depth + 1):
             return True
     return False
 

@@ -29,14 +29,15 @@ __all__ = ["convert"]
 
 def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, progress=False,
             float_model=None, activations="int8", input_ranges=None, lstm_ranges=None, op_ranges=None,
-            weight_grids=None, report=None):
+            named_ranges=None, weight_grids=None, report=None):
     """Convert a float tf-keras model to a TFLite flatbuffer (`bytes`) in a child process.
 
     With `representative_dataset`: post-training full-integer quantization (int8 weights, int32
     biases, int8 activations, int16 inside the integer LSTM; `activations="int16"`: 16x8); float
     input/output unless `int8_io=True`. Without it: a float model. Inputs are fixed to batch 1.
-    `input_ranges` ({input index: (lo, hi)}), `lstm_ranges` (`bake.LSTMRanges`) and `op_ranges`
-    (`bake.OpRange`) replace the calibrated statistics of those tensors; `weight_grids`
+    `input_ranges` ({input index: (lo, hi)}), `lstm_ranges` (`bake.LSTMRanges`), `op_ranges`
+    (`bake.OpRange`) and `named_ranges` ({op name tag: (lo, hi)}) replace the calibrated statistics
+    of those tensors; `weight_grids`
     (`bake.WeightGrid`) put weights back on their QAT grid.
     `report` (a dict) receives what the child changed. Raises `ExportError` (naming the layer(s)
     and the cause) when the converter fails or crashes, or the result does not load and run.
@@ -56,7 +57,8 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
                    "weight_grids": [list(g.kmax) for g in weight_grids or []],
                    "input_ranges": {specs[k].name: list(r) for k, r in (input_ranges or {}).items() if r},
                    "lstm_ranges": [_lstm_options(r) for r in lstm_ranges or []],
-                   "op_ranges": [list(r.output) for r in op_ranges or []]}
+                   "op_ranges": [list(r.output) for r in op_ranges or []],
+                   "named_ranges": {tag: list(r) for tag, r in (named_ranges or {}).items()}}
         if arrays is not None:
             np.savez(os.path.join(workdir, "calibration.npz"), *arrays)
         keys = {f"lstm_{k}": np.asarray(r.input_to_forget, np.float32) for k, r in enumerate(lstm_ranges or [])}

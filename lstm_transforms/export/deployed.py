@@ -9,9 +9,11 @@ graph the converter should see:
   `api_implements`-marked function, which the converter turns into `UNIDIRECTIONAL_SEQUENCE_LSTM`;
   its final h is the last step of its output sequence;
 * an **unrolled** cell is written out step by step in integer-friendly ops: one input projection
-  per gate for all steps, then per step one recurrent FULLY_CONNECTED per gate, the cell's own
-  activation functions and the QAT output range (`FakeQuant`) on h. Each gate block is its own
-  weight tensor, so its int8 scale is the QAT per-gate scale;
+  per gate for all steps, then per step one recurrent FULLY_CONNECTED per gate and the cell's own
+  activation functions. Each gate block is its own weight tensor, so its int8 scale is the QAT
+  per-gate scale. The op computing h at step t is named `{tag}_t{t}`: the conversion finds it by
+  that name and gives it the cell's QAT range (no FakeQuant in the graph: the converter would push
+  a fixed range onto every tensor sharing its scale, and clip them);
 * `go_backwards` reverses the input once; `Bidirectional` runs both directions, reverses the
   backward sequence and merges (concat / sum / ave / mul / None) as Keras does;
 * the outputs are packed in the original layer's (possibly nested) output structure.
@@ -79,9 +81,9 @@ class CellSpec:
     recurrent_activation: object = "sigmoid"
     reset_after: bool = True
     output_range: tuple | None = None  # QAT range of h (asymmetric int8), None: calibrated
+    tag: str | None = None  # unrolled: the ops computing h are named f"{tag}_t{step}" (bake.py maps tag -> range)
     cell_bound: float | None = None  # QAT power-of-two bound of the LSTM cell state, None: calibrated
     cell_clip: float | None = None  # QAT clip of the LSTM cell state, None or 0: none
-    int8: bool = True  # int8 activations (fixed int8 ranges of TANH / LOGISTIC outputs apply)
 
     @property
     def gates(self):
@@ -107,13 +109,6 @@ class RecurrentSpec:
     merge_mode: str | None = "concat"
     return_state: bool = False
     structure: object = 0  # tf.nest structure of the original layer's outputs
-
-
-def _fake_quant(x, output_range):
-    if output_range is None:
-        return x
-    lo, hi = output_range
-    return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8)
 
 
 def _input_projection(x, kernel, bias):
@@ -160,16 +155,12 @@ def _per_gate_steps(x, cell, input_bias, unused_at_start=()):
     return steps
 
 
-def _step_range(cell, t, steps, fix_last):
-    """The QAT range of h at step t: every step that feeds the next one; the last one if `fix_last`.
-
-    A last h that leaves the layer on its own (return_sequences=False, return_state) may meet other
-    tensors in a CONCATENATION; a fixed range there would be forced on them (and clip them).
-    """
-    return cell.output_range if t + 1 < steps or fix_last else None
+def _h_name(cell, t):
+    """The name of the op computing h at step t (None: no QAT range to find it by)."""
+    return f"{cell.tag}_t{t}" if cell.tag else None
 
 
-def unrolled_lstm(x, cell, fix_last=True):
+def unrolled_lstm(x, cell):
     """LSTM steps in FULLY_CONNECTED / ADD / MUL / activation ops: (outputs per step, [h, c])."""
     act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
     x_i, x_f, x_c, x_o = _per_gate_steps(x, cell, cell.bias, unused_at_start=(1,))  # no f at step 0: c is 0
@@ -182,12 +173,12 @@ def unrolled_lstm(x, cell, fix_last=True):
         c = i * g if c is None else rec(x_f[t] + _recurrent(h, u_f)) * c + i * g
         if cell.cell_clip:
             c = tf.clip_by_value(c, -cell.cell_clip, cell.cell_clip)
-        h = _fake_quant(o * act(c), _step_range(cell, t, len(x_i), fix_last))
+        h = tf.math.multiply(o, act(c), name=_h_name(cell, t))
         outputs.append(h)
     return outputs, [h, c]
 
 
-def unrolled_gru(x, cell, fix_last=True):
+def unrolled_gru(x, cell):
     """GRU steps (reset_after True or False) in integer-friendly ops: (outputs per step, [h])."""
     act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
     bias = cell.bias
@@ -211,29 +202,28 @@ def unrolled_gru(x, cell, fix_last=True):
         else:
             pre = x_h[t] if h is None else x_h[t] + _recurrent(r * h, u_h)
         hh = act(pre)
-        h = (1.0 - z) * hh if h is None else z * h + (1.0 - z) * hh
-        h = _fake_quant(h, _step_range(cell, t, len(x_z), fix_last))
+        name = _h_name(cell, t)
+        h = tf.math.multiply(1.0 - z, hh, name=name) if h is None else tf.math.add(z * h, (1.0 - z) * hh, name=name)
         outputs.append(h)
     return outputs, [h]
 
 
-def unrolled_simple_rnn(x, cell, fix_last=True):
+def unrolled_simple_rnn(x, cell):
     """SimpleRNN steps: h = activation(x W + b + h U): (outputs per step, [h])."""
     act = _activation(cell.activation)
-    # TFLite's int8 TANH / LOGISTIC have a fixed output range: h keeps it (another range right after
-    # them makes the converter requantize through float).
-    fixed = _FIXED_OUTPUT_RANGES.get(_activation_name(act)) if cell.int8 else None
+    named = _NAMED_ACTIVATIONS.get(_activation_name(act))
     (x_h,) = _per_gate_steps(x, cell, cell.bias)
     h = None
     outputs = []
     for t in range(len(x_h)):
         pre = x_h[t] if h is None else x_h[t] + _recurrent(h, cell.recurrent_kernel)
-        h = _fake_quant(act(pre), fixed or _step_range(cell, t, len(x_h), fix_last))
+        h = named(pre, name=_h_name(cell, t)) if named else act(pre)
         outputs.append(h)
     return outputs, [h]
 
 
-_FIXED_OUTPUT_RANGES = {"tanh": (-1.0, 1.0 - 1.0 / 128), "sigmoid": (0.0, 1.0 - 1.0 / 256)}
+# Activations whose TF op can carry a name (the h of a SimpleRNN step); others stay unnamed (calibrated).
+_NAMED_ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.math.tanh, "sigmoid": tf.math.sigmoid}
 _UNROLLED = {"lstm": unrolled_lstm, "gru": unrolled_gru, "simple_rnn": unrolled_simple_rnn}
 
 
@@ -301,7 +291,7 @@ class DeployedRNN(keras.layers.Layer):
                 states += [last, tf.zeros_like(last)]  # c is no output of the fused op: the plan checks it is unused
             else:
                 more = k + 1 < len(direction.cells) or direction.return_sequences
-                steps, cell_states = _UNROLLED[cell.kind](sequence, cell, fix_last=more)
+                steps, cell_states = _UNROLLED[cell.kind](sequence, cell)
                 last = steps[-1]
                 sequence = tf.stack(steps, axis=1) if more else None
                 states += cell_states
