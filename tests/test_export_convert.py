@@ -18,7 +18,7 @@ from lstm_transforms import tflite_utils
 from lstm_transforms._keras import keras
 from lstm_transforms.export import ExportError, ExportWarning, convert, export_tflite
 from lstm_transforms.export._data import calibration_arrays
-from lstm_transforms.export.verify import integer_violations
+from lstm_transforms.export.verify import integer_violations, requantizations
 from lstm_transforms.quantizers import power_of_two_bound
 from tests.export_helpers import bias_scale_mismatches, lsb_errors, summary
 
@@ -125,7 +125,7 @@ def test_integer_io_has_no_quantize_ops(lstm_case):
     qat, x, fb_float_io, fb = lstm_case
     it = tflite_utils.interpreter(fb)
     assert it.get_input_details()[0]["dtype"] == np.int8 and it.get_output_details()[0]["dtype"] == np.int8
-    assert integer_violations(fb, int8_io=True) == []
+    assert integer_violations(fb, int8_io=True) == [] and "QUANTIZE" not in tflite_utils.op_names(fb)
     ops = tflite_utils.op_names(fb_float_io)
     assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE" and ops.count("QUANTIZE") + ops.count("DEQUANTIZE") == 2
     np.testing.assert_allclose(tflite_utils.predict(fb, x[:8]), tflite_utils.predict(fb_float_io, x[:8]), atol=0.02)
@@ -250,7 +250,7 @@ def test_concatenation_with_a_side_input_shares_one_scale():
     h = L.Concatenate()([L.LSTM(8)(a), b])
     qat = _qat(keras.Model([a, b], L.Dense(CLASSES, activation="softmax")(h)), [x, side], y)
     fb = export_tflite(qat, [x, side], int8_io=True)
-    assert integer_violations(fb, int8_io=True) == []
+    assert integer_violations(fb, int8_io=True) == [] and requantizations(fb) == []
     op, details = _lstm_op(fb)
     assert details[int(op["outputs"][0])]["quantization"] == details[int(op["inputs"][18])]["quantization"]
     assert details[int(op["outputs"][0])]["quantization"][0] > 5.0 / 255  # widened to the side input's range

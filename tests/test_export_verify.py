@@ -43,8 +43,8 @@ def test_a_float_model_is_all_violations():
 def test_integer_io_allows_no_quantize_op_and_the_fused_ops_are_counted(float_island):
     _, fb = float_island
     problems = integer_violations(fb, int8_io=True)
-    assert "QUANTIZE op (integer I/O asks for none)" in problems
-    assert "DEQUANTIZE op (integer I/O asks for none)" in problems
+    assert "QUANTIZE op at a float tensor (integer I/O asks for none)" in problems
+    assert "DEQUANTIZE op at a float tensor (integer I/O asks for none)" in problems
     i = keras.Input((T, F))
     lstm_plan = deployment_plan(keras.Model(i, L.Dense(2)(L.LSTM(4)(i))))
     with pytest.raises(ExportError, match=r"0 UNIDIRECTIONAL_SEQUENCE_LSTM op\(s\) for 1 fused LSTM cell\(s\)"):

@@ -14,17 +14,18 @@
    no QUANTIZE / DEQUANTIZE with integer I/O.
 
 **Which ranges come from where (int8).** Weights: the QAT weights exactly (per LSTM/GRU gate
-matrix, per Conv output channel, per Dense tensor; 2-7-bit weights on their own grid). Model
-inputs: the QAT `QuantizeLayer` range. Non-recurrent layer outputs (Conv, Dense, BatchNorm, Add, ...):
-their QAT range, as fixed `FakeQuant` ops. Recurrent outputs: the QAT range of every cell's h (fused
-LSTM: output, hidden state and hidden intermediate; unrolled: h at every step), and of the fused LSTM's
-cell state (its power-of-two bound). Calibrated on `representative_dataset` instead: the outputs of
-layers that share their scale with a recurrent output (Concatenate, pooling, reshapes after it take
-the recurrent range; CONCATENATION the union of its inputs), the two directions of a `Bidirectional`
-with merge_mode="concat" share the union of their QAT ranges (TFLite's int8 CONCATENATION has one
-scale), the intermediates of unrolled steps (gates, cell state), the merge of sum/ave/mul, layers
-kept in float by QAT. Inside the integer LSTM the gates are int16 on the fixed range [-1, 1), as
-QAT simulates them. With `activations="int16"` every activation range is calibrated.
+matrix, per Conv output channel, per Dense tensor; 2-7-bit weights and weights whose tfmot range
+went stale are put back on their QAT grid). Written into the converter's calibration statistics:
+the model inputs' QAT range, the output (or pre-activation, before softmax / sigmoid / tanh) range
+of Dense and Conv layers (found by their kernels), every fused LSTM's h range (output, hidden state
+and hidden intermediate) and cell-state bound (a power of two, at least 1), and the h range of every
+unrolled step (found by op name). Other tfmot outputs (BatchNorm, Add, ...) keep their QAT range as
+fixed `FakeQuant` ops, except into a Concatenate. Calibrated on `representative_dataset`, each
+sample from a zero state: everything else (gates and cell state of unrolled steps, merges, layers
+float in QAT, weights-only QAT). Tensors TFLite gives one scale (CONCATENATION, PACK, reshapes)
+share the union of their ranges: e.g. the two directions of a `Bidirectional(merge_mode="concat")`.
+Inside the integer LSTM the gates are int16 on the fixed range [-1, 1), as QAT simulates them.
+With `activations="int16"` every activation range is calibrated.
 """
 
 from __future__ import annotations

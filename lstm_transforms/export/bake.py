@@ -12,15 +12,17 @@ The baked model has the QAT model's layer graph and layer names:
   for Dense);
 * each quantized recurrent layer becomes one `deployed.DeployedRNN`, built from the plan's
   decision for each of its cells (fused / unrolled);
-* other quantize wrappers become their stock float layers, followed by a fixed `FakeQuant` with
-  their QAT output range (the converter keeps such ranges); `QuantizeLayer`s become identities.
+* other quantize wrappers become their stock float layers; BatchNorm, Add and the other tfmot
+  outputs without a kernel keep their QAT range as a fixed `FakeQuant` (not into a Concatenate:
+  the converter would push that range onto the other inputs and clip them); `QuantizeLayer`s
+  become identities.
 
-Ranges the converter would not take from `FakeQuant` ops travel next to the model (`Baked`) and
-are written into the converter's calibration statistics by the child process (`convert.py`):
-the model inputs' QAT ranges, and per fused LSTM its QAT output (= hidden state) range, its cell
-state's power-of-two bound and its cell clip. A `FakeQuant` around a fused LSTM makes the converter
-fail ("Failed to duplicate values for the stateful op") or give the LSTM's output, hidden state and
-hidden intermediate three different scales.
+The other QAT ranges travel next to the model (`Baked`) and are written into the converter's
+calibration statistics by the child process (`convert.py`): the model inputs' ranges; per fused
+LSTM its output (= hidden state) range, cell-state bound and cell clip (a `FakeQuant` around a fused
+LSTM makes the converter fail with "Failed to duplicate values for the stateful op", or give its
+output, hidden state and hidden intermediate three different scales); the output range of Dense /
+Conv layers, found by their kernels; the h range of unrolled steps, found by op name.
 """
 
 from __future__ import annotations
