@@ -33,47 +33,14 @@ import numpy as np
 
 from lstm_transforms._keras import check_model, keras, tf
 from lstm_transforms.export import _graph
-from lstm_transforms.export.deployed import CellSpec, DeployedRNN, DirectionSpec, FakeQuant, RecurrentSpec
-from lstm_transforms.export.deployed import WithFakeQuant
+from lstm_transforms.export._float_layers import baked_weights, float_layer, qat_weight_values
+from lstm_transforms.export._ranges import LSTMRanges, OpRange, WeightGrid, fake_quant, feeds_recurrent
+from lstm_transforms.export._ranges import inbound_layers, op_range, output_fake_quant, quantizer_range, weight_grids
+from lstm_transforms.export.deployed import CellSpec, DeployedRNN, DirectionSpec, RecurrentSpec, WithFakeQuant
 from lstm_transforms.export.errors import ExportError
 from lstm_transforms.export.plan import BLOCKED, FUSED, deployment_plan
 
 __all__ = ["bake", "baked_float_model", "Baked", "LSTMRanges", "OpRange", "WeightGrid", "raise_if_blocked"]
-
-
-@dataclasses.dataclass
-class LSTMRanges:
-    """QAT ranges of one fused LSTM, found in the converter's model by its input-to-forget weights."""
-
-    input_to_forget: np.ndarray  # (units, features): TFLite's layout of the forget gate's kernel block
-    output: tuple | None  # (lo, hi) of h; None: calibrated
-    cell_bound: float | None  # power-of-two bound of c; None: calibrated
-    cell_clip: float | None  # CellClip to write; None: the converter's (10)
-
-
-@dataclasses.dataclass
-class OpRange:
-    """The QAT output range of a Dense / Conv layer, found in the converter's model by its weights.
-
-    `weights`: the kernel's values, sorted (the converter transposes kernels). The range is the one
-    QAT applies to the layer's output: after its activation (relu, linear) or before it (softmax,
-    sigmoid, tanh: the op's output is then the pre-activation).
-    """
-
-    weights: np.ndarray
-    output: tuple
-
-
-@dataclasses.dataclass
-class WeightGrid:
-    """A QAT weight tensor whose grid is coarser than the converter's int8 grid (`_flatbuffer.regrid_weights`).
-
-    `values`: the tensor's values, sorted (the converter transposes kernels); `kmax`: the largest
-    |k| of its values k * step, per output channel (one entry: per tensor).
-    """
-
-    values: np.ndarray
-    kmax: list
 
 
 @dataclasses.dataclass
@@ -110,17 +77,17 @@ def bake(model, model_plan, *, qat_ranges=True):
 
     def clone(layer):
         if _graph.is_quantize_layer(layer):
-            source = _inbound_layers(model, layer)
+            source = inbound_layers(model, layer)
             if qat_ranges and len(source) == 1 and id(source[0]) in input_layers:
-                input_ranges[input_layers[id(source[0])]] = _quantizer_range(layer.quantizer, layer.quantizer_vars)
+                input_ranges[input_layers[id(source[0])]] = quantizer_range(layer.quantizer, layer.quantizer_vars)
                 return keras.layers.Activation("linear", name=layer.name)
             # In front of a recurrent layer the converter may calibrate the recurrent input anyway and
             # insert a DEQUANTIZE/QUANTIZE round trip: leave that input range to calibration.
-            keep = qat_ranges and not _feeds_recurrent(model, layer)
-            fq = _fake_quant(layer.quantizer, layer.quantizer_vars, layer.name) if keep else None
+            keep = qat_ranges and not feeds_recurrent(model, layer)
+            fq = fake_quant(layer.quantizer, layer.quantizer_vars, layer.name) if keep else None
             return fq or keras.layers.Activation("linear", name=layer.name)
         if _graph.is_quantize_wrapper(layer):
-            grids.extend(_weight_grids(layer))
+            grids.extend(weight_grids(layer))
         if _graph.is_recurrent(layer) and all(_graph.cell_kind(c) != "custom" for c in _all_cells(layer)):
             spec, ranges = _recurrent_spec(model, layer, model_plan.layer(_graph.inner(layer).name), qat_ranges)
             lstm_ranges.extend(ranges)
@@ -128,11 +95,11 @@ def bake(model, model_plan, *, qat_ranges=True):
                 cell.tag = f"lt_h{len(named_ranges)}"
                 named_ranges[cell.tag] = cell.output_range
             return DeployedRNN(spec, name=_graph.inner(layer).name)
-        new = _float_layer(layer)
+        new = float_layer(layer)
         pairs.append((layer, new))
-        ranges = _op_range(layer) if qat_ranges else []
+        ranges = op_range(layer) if qat_ranges else []
         op_ranges.extend(ranges)
-        fq = _output_fake_quant(model, layer) if qat_ranges and not ranges else None
+        fq = output_fake_quant(model, layer) if qat_ranges and not ranges else None
         return WithFakeQuant(new, fq) if fq is not None else new
 
     try:
@@ -143,13 +110,9 @@ def bake(model, model_plan, *, qat_ranges=True):
         raise ExportError(f"Could not rebuild a float model from '{model.name}': {type(e).__name__}: {e}") from e
     for source, new in pairs:
         if new.weights:
-            new.set_weights(_baked_weights(source, new))
+            new.set_weights(baked_weights(source, new))
     return Baked(float_model, input_ranges, lstm_ranges, op_ranges=op_ranges, named_ranges=named_ranges,
                  weight_grids=grids)
-
-
-def _inbound_layers(model, layer):
-    return [inbound for node in _graph.nodes(model, layer) for inbound in tf.nest.flatten(node.inbound_layers)]
 
 
 def _all_cells(layer):
@@ -213,7 +176,7 @@ def _cell_weights(layer):
     cells = _all_cells(layer)
     if not _graph.is_quantize_wrapper(layer):
         return [(c.kernel.numpy(), c.recurrent_kernel.numpy()) for c in cells]
-    values = [value for _, value in _qat_weight_values(layer)]
+    values = [value for _, value in qat_weight_values(layer)]
     if len(values) != 2 * len(cells):
         raise ExportError(f"Layer '{layer.layer.name}': expected a quantized kernel and recurrent kernel per cell "
                           f"({2 * len(cells)} weights), found {len(values)}.")
@@ -236,287 +199,3 @@ def _cell_spec(cell, deploy, kernel, recurrent_kernel, qat_ranges):
             spec.cell_bound = float(power_of_two_bound(cell.quant_cell_max_abs))
             spec.cell_clip = float(cell.quant_options["quant_cell_clip"])
     return spec
-
-
-# ------------------------------------------------------------------------------------------------
-# Other layers -> their stock float layers with QAT weights
-# ------------------------------------------------------------------------------------------------
-
-
-def _float_class_name(obj_or_cls):
-    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
-    fc = getattr(cls, "FLOAT_CLASS", None)
-    if fc is None:
-        return None
-    return fc if isinstance(fc, str) else fc.__name__
-
-
-def _float_class_map(layer):
-    """{class_name: stock class name} for the layer and every nested layer/cell that has FLOAT_CLASS."""
-    out, stack, seen = {}, [layer], set()
-    while stack:
-        obj = stack.pop()
-        if obj is None or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        name = _float_class_name(obj)
-        if name is not None:
-            out[type(obj).__name__] = name
-        for attr in ("layer", "forward_layer", "backward_layer", "cell"):
-            stack.append(getattr(obj, attr, None))
-        stack.extend(getattr(obj, "cells", None) or [])
-    return out
-
-
-def _plain_activation(act):
-    """The float activation behind tfmot's QuantizeAwareActivation (or the activation itself)."""
-    inner = getattr(act, "activation", None)
-    if inner is not None and type(act).__name__ in ("QuantizeAwareActivation", "NoOpActivation"):
-        return inner
-    return act
-
-
-def _clean_config(config, class_map):
-    """Recursively: stock class names for FLOAT_CLASS subclasses, drop `quant_*` keys, plain activations."""
-    if isinstance(config, list):
-        return [_clean_config(c, class_map) for c in config]
-    if not isinstance(config, dict):
-        return config
-    if "class_name" in config and "config" in config:
-        out = dict(config)
-        cname = config["class_name"]
-        if cname in class_map:
-            out["class_name"] = class_map[cname]
-            out.pop("module", None)
-            out.pop("registered_name", None)
-        if cname == "QuantizeAwareActivation":
-            return _clean_config(config["config"]["activation"], class_map)
-        out["config"] = _clean_config(config["config"], class_map)
-        return out
-    return {k: _clean_config(v, class_map) for k, v in config.items() if not str(k).startswith("quant_")}
-
-
-def _qat_weight_values(wrapper):
-    """[(variable, value as the QAT layer uses it at inference)] of one quantize wrapper, in order."""
-    return [(var, np.asarray(wrapper._make_quantizer_fn(quantizer, var, False, quantizer_vars)()))
-            for var, quantizer, quantizer_vars in getattr(wrapper, "_weight_vars", [])]
-
-
-def _all_variables(layer):
-    """Every variable of `layer`, including the ones a quantize wrapper untracked from its inner layer."""
-    found = {}
-    for var in list(layer.weights) + [v for v, _, _ in getattr(layer, "_weight_vars", [])]:
-        found.setdefault(var.ref(), var)
-    return list(found.values())
-
-
-def _relative(name, layer_name):
-    name = name.split(":")[0]
-    prefix = layer_name + "/"
-    if name.startswith(prefix):
-        while name.startswith(prefix):  # a layer built inside a same-named wrapper: "dense/dense/kernel"
-            name = name[len(prefix):]
-        return name
-    return name.split("/", 1)[-1]
-
-
-def _baked_weights(source, new_layer):
-    """Weights for `new_layer` (float) from `source` (QAT wrapper or plain layer), matched by name."""
-    inner = _graph.inner(source)
-    qvalues = {var.ref(): value for var, value in _qat_weight_values(source)} if source is not inner else {}
-    candidates = {}
-    for var in _all_variables(source):
-        candidates.setdefault(_relative(var.name, inner.name), []).append(var)
-    values = []
-    for target in new_layer.weights:
-        rel = _relative(target.name, new_layer.name)
-        match = [v for v in candidates.get(rel, []) if tuple(v.shape) == tuple(target.shape)]
-        if len(match) != 1:
-            raise ExportError(
-                f"Layer '{inner.name}': cannot find its weight '{rel}' {tuple(target.shape)} in the QAT "
-                f"model (candidates: {sorted(candidates)})."
-            )
-        var = match[0]
-        values.append(qvalues[var.ref()] if var.ref() in qvalues else var.numpy())
-    return values
-
-
-def _set_unroll(config, time_dim):
-    """unroll=True on an RNN config with a user cell: its own call is converted op by op."""
-    if config.get("class_name") in ("RNN", "Bidirectional"):
-        config = dict(config, config=dict(config["config"]))
-        if config["class_name"] == "Bidirectional":
-            config["config"]["layer"] = _set_unroll(config["config"]["layer"], time_dim)
-            if config["config"].get("backward_layer"):
-                config["config"]["backward_layer"] = _set_unroll(config["config"]["backward_layer"], time_dim)
-        else:
-            config["config"]["unroll"] = True
-    return config
-
-
-def _float_layer(layer):
-    """A fresh stock float layer equivalent to `layer` (a QAT wrapper or a plain layer)."""
-    inner = _graph.inner(layer)
-    config = {"class_name": type(inner).__name__, "config": inner.get_config()}
-    if getattr(inner, "activation", None) is not None and "activation" in config["config"]:
-        config["config"]["activation"] = keras.activations.serialize(_plain_activation(inner.activation))
-    config = _clean_config(config, _float_class_map(inner))
-    if _graph.is_recurrent(inner):
-        config = _set_unroll(config, _graph.time_steps(layer))
-    try:
-        if config["class_name"] == type(inner).__name__:
-            return type(inner).from_config(config["config"])
-        return keras.layers.deserialize(config)
-    except Exception:
-        if not inner.weights and inner is layer:
-            return inner  # e.g. a Lambda of a Python lambda: weightless, safe to share
-        raise
-
-
-# ------------------------------------------------------------------------------------------------
-# QAT activation ranges of non-recurrent layers -> FakeQuant
-# ------------------------------------------------------------------------------------------------
-
-
-def _quantizer_range(quantizer, quantizer_vars):
-    """(lo, hi) of a per-tensor tfmot activation quantizer, or None."""
-    if quantizer is None or not isinstance(quantizer_vars, dict):
-        return None
-    lo, hi = quantizer_vars.get("min_var"), quantizer_vars.get("max_var")
-    if lo is None or hi is None or getattr(quantizer, "per_axis", False) or np.size(lo.numpy()) != 1:
-        return None
-    return float(lo.numpy()), float(hi.numpy())
-
-
-def _fake_quant(quantizer, quantizer_vars, name):
-    """A `FakeQuant` with a tfmot activation quantizer's range, or None if not per-tensor.
-
-    Always 8 bits: the device's activations are int8 whatever width QAT simulated (the plan warns).
-    """
-    bounds = _quantizer_range(quantizer, quantizer_vars)
-    if bounds is None:
-        return None
-    return FakeQuant(*bounds, 8, getattr(quantizer, "narrow_range", False), name=name)
-
-
-def _weight_grids(wrapper):
-    """[WeightGrid] for the wrapper's weights whose QAT grid has fewer steps than int8's 127 a side.
-
-    Per-gate recurrent weights (one max-abs scale per gate block): each block, when below 8 bits.
-    tfmot's symmetric weight quantizers (Dense per tensor, Conv per channel): when below 8 bits, or
-    when the weights shrank after the range was last read (then their largest |k| is below 127).
-    """
-    from tensorflow_model_optimization.python.core.quantization.keras.quantizers import LastValueQuantizer
-
-    from lstm_transforms.quantizers import PerGateWeightQuantizer
-
-    grids = []
-    for (var, quantizer, qvars), (_, value) in zip(wrapper._weight_vars, _qat_weight_values(wrapper)):
-        bits = getattr(quantizer, "num_bits", 8)
-        top = 2 ** (bits - 1) - 1
-        if isinstance(quantizer, PerGateWeightQuantizer):
-            if bits < 8:
-                grids += [WeightGrid(np.sort(block.ravel()), [top])
-                          for block in np.split(value, quantizer.num_gates, axis=-1)]
-        elif (isinstance(quantizer, LastValueQuantizer) and quantizer.symmetric and quantizer.narrow_range
-              and "max_var" in (qvars or {}) and value.ndim >= 2):
-            bound = np.maximum(np.abs(qvars["min_var"].numpy()), np.abs(qvars["max_var"].numpy()))
-            step = np.maximum(bound, 1e-12) / top
-            channels = value.reshape(-1, value.shape[-1]) if quantizer.per_axis else value.reshape(-1, 1)
-            kmax = np.round(np.abs(channels).max(axis=0) / step).astype(int)
-            if bits < 8 or np.any((kmax < top) & (kmax > 0)):
-                grids.append(WeightGrid(np.sort(value.ravel()), [int(k) for k in kmax]))
-    return grids
-
-
-def _op_range(layer):
-    """[OpRange] of a quantize wrapper with a kernel and a per-tensor QAT output / pre-activation range."""
-    if not _graph.is_quantize_wrapper(layer) or _graph.is_recurrent(layer):
-        return []
-    kernels = [value for var, value in _qat_weight_values(layer) if var.name.split(":")[0].endswith("kernel")]
-    if len(kernels) != 1:
-        return []
-    bounds = None
-    if getattr(layer, "_output_quantizers", None):
-        bounds = _quantizer_range(layer._output_quantizers[0], layer._output_quantizer_vars)
-    act = getattr(layer.layer, "activation", None)
-    if bounds is None and type(act).__name__ == "QuantizeAwareActivation":
-        if act._should_post_quantize():
-            bounds = _quantizer_range(act.quantizer, act._post_activation_vars)
-        elif act._should_pre_quantize():
-            bounds = _quantizer_range(act.quantizer, act._pre_activation_vars)
-    if bounds is None:
-        return []
-    return [OpRange(np.sort(np.asarray(kernels[0], np.float32).ravel()), bounds)]
-
-
-def _output_fake_quant(model, layer):
-    """The QAT range a wrapper applies to its output (output quantizer or post-activation), if any.
-
-    None (the range is calibrated) where the output shares its scale with other tensors: after a
-    recurrent output (Concatenate, pooling, ...), or into a Concatenate. The converter pushes a fixed
-    range onto every tensor of such a group, where it can clip them.
-    """
-    if (not _graph.is_quantize_wrapper(layer) or _graph.is_recurrent(layer)
-            or _shares_scale_with_recurrent(model, layer) or _feeds_concatenation(model, layer)):
-        return None
-    name = layer.layer.name + "_fake_quant"
-    if getattr(layer, "_output_quantizers", None):
-        return _fake_quant(layer._output_quantizers[0], layer._output_quantizer_vars, name)
-    act = getattr(layer.layer, "activation", None)
-    if type(act).__name__ == "QuantizeAwareActivation" and act._should_post_quantize():
-        return _fake_quant(act.quantizer, act._post_activation_vars, name)
-    return None
-
-
-# Layers whose TFLite op keeps (or forces) its input's quantization scale on its output.
-_SCALE_SHARING = ("Concatenate", "Reshape", "Flatten", "Permute", "Dropout", "MaxPooling1D", "MaxPooling2D",
-                  "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Cropping1D", "Cropping2D", "ZeroPadding1D",
-                  "ZeroPadding2D", "RepeatVector", "Activation", "Lambda", "TFOpLambda", "SlicingOpLambda",
-                  "QuantizeLayer", "SpatialDropout1D")
-
-
-def _shares_scale_with_recurrent(model, layer, depth=0):
-    """Whether `layer`'s output scale is tied (through scale-sharing ops) to a recurrent layer's output."""
-    if depth > 50:
-        return False
-    for inbound in _inbound_layers(model, layer):
-        if _graph.is_recurrent(inbound):
-            return True
-        if (type(_graph.inner(inbound)).__name__ in _SCALE_SHARING
-                and _shares_scale_with_recurrent(model, inbound, depth + 1)):
-            return True
-    return False
-
-
-def _feeds_concatenation(model, layer, depth=0):
-    """Whether `layer`'s output reaches a Concatenate directly or through single-input scale-sharing layers."""
-    if depth > 50:
-        return False
-    members = {id(node) for other in model.layers for node in _graph.nodes(model, other)}
-    for node in layer._outbound_nodes:
-        if id(node) not in members:
-            continue
-        out = node.outbound_layer
-        name = type(_graph.inner(out)).__name__
-        if name == "Concatenate":
-            return True
-        if name in _SCALE_SHARING and _feeds_concatenation(model, out, depth + 1):
-            return True
-    return False
-
-
-def _feeds_recurrent(model, layer, depth=0):
-    """Whether `layer`'s output reaches a recurrent layer directly or through scale-sharing layers."""
-    if depth > 50:
-        return False
-    members = {id(node) for other in model.layers for node in _graph.nodes(model, other)}
-    for node in layer._outbound_nodes:
-        if id(node) not in members:
-            continue
-        out = node.outbound_layer
-        if _graph.is_recurrent(out):
-            return True
-        if type(_graph.inner(out)).__name__ in _SCALE_SHARING and _feeds_recurrent(model, out, depth + 1):
-            return True
-    return False

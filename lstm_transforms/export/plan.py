@@ -27,6 +27,8 @@ import json
 
 from lstm_transforms._keras import check_model, keras
 from lstm_transforms.export import _graph
+from lstm_transforms.export._describe import cell_differences, describe_quantization, display_class
+from lstm_transforms.export._describe import tfmot_differences
 
 __all__ = ["plan", "deployment_plan", "ModelPlan", "LayerPlan", "CellPlan", "ACTIVATIONS",
            "FUSED", "UNROLLED", "INTEGER", "CALIBRATED", "NO_OP", "INPUT", "BLOCKED"]
@@ -66,11 +68,11 @@ class CellPlan:
         return " ".join(parts)
 
     def describe(self):
-        what = {FUSED: "fused UNIDIRECTIONAL_SEQUENCE_LSTM", UNROLLED: "unrolled integer ops",
-                BLOCKED: "not deployable"}[self.deploy]
-        text = f"{self.where} ({self.cell}): {what}"
+        if self.deploy == BLOCKED:
+            return f"{self.where} ({self.cell}): not deployable (see below)"
+        what = {FUSED: "fused UNIDIRECTIONAL_SEQUENCE_LSTM", UNROLLED: "unrolled integer ops"}[self.deploy]
         extra = ([self.reason] if self.reason else []) + list(self.notes)
-        return text + (" - " + "; ".join(extra) if extra else "")
+        return f"{self.where} ({self.cell}): {what}" + (" - " + "; ".join(extra) if extra else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,23 +176,20 @@ def plan(model, *, activations="int8"):
 
     qat = lstm_transforms.quantize_model(model)
     qat_plan = deployment_plan(qat, activations=activations)
-    by_name = {row.name: row for row in qat_plan.layers}
-    qat_names = {layer.name for layer in qat.layers} | set(by_name)
+    float_names = {layer.name for layer in model.layers}
     rows = []
-    for layer in model.layers:
-        name = layer.name
-        if name in by_name:
-            rows.append(by_name.pop(name))
-        elif name not in qat_names:
-            replaced = [n for n in by_name if name in n]
+    for row in qat_plan.layers:  # in the quantized model's order
+        if row.name not in float_names and row.status == "quantized":
+            row = dataclasses.replace(row, status="quantized (added by quantize_model)")
+        rows.append(row)
+    qat_names = {row.name for row in rows} | {layer.name for layer in qat.layers}
+    for layer in model.layers:  # layers a rewrite removed
+        if layer.name not in qat_names:
+            replaced = [row.name for row in rows if layer.name in row.name]
             why = (f"rewritten as {', '.join(replaced)} before quantization" if replaced else
                    "not in the quantized model: removed or replaced by a rewrite (e.g. a Lambda/TFOpLambda "
                    "squeeze turned into Reshape)")
-            rows.append(LayerPlan(name, type(layer).__name__, "skipped", (why,), NO_OP))
-    for row in by_name.values():  # layers a rewrite added
-        if row.status == "quantized":
-            row = dataclasses.replace(row, status="quantized (added by a rewrite)")
-        rows.append(row)
+            rows.append(LayerPlan(layer.name, type(layer).__name__, "skipped", (why,), NO_OP))
     return ModelPlan(model.name, activations, tuple(rows))
 
 
@@ -221,25 +220,15 @@ def _is_qat(model):
 # ------------------------------------------------------------------------------------------------
 
 
-def _display_class(layer):
-    layer = _graph.inner(layer)
-    if isinstance(layer, keras.layers.Bidirectional):
-        return f"Bidirectional({_display_class(layer.forward_layer)})"
-    float_class = getattr(type(layer), "FLOAT_CLASS", None)
-    if float_class is not None:
-        return float_class if isinstance(float_class, str) else float_class.__name__
-    return type(layer).__name__
-
-
 def _layer_plan(model, layer, consumed, activations):
-    name, cls = _graph.inner(layer).name, _display_class(layer)
+    name, cls = _graph.inner(layer).name, display_class(layer)
     if isinstance(layer, keras.layers.InputLayer):
         return LayerPlan(name, cls, "skipped", ("model input (quantized by the QuantizeLayer after it)",), INPUT,
                          "float input, or int8 with int8_io=True")
     if _graph.is_quantize_layer(layer):
         return LayerPlan(name, cls, "quantized", ("input: int8 per-tensor (asymmetric)",), INTEGER,
                          "QUANTIZE at the QAT input range (nothing with int8_io=True)")
-    quantized = tuple(_describe_quantization(layer)) if _graph.is_quantize_wrapper(layer) else ()
+    quantized = tuple(describe_quantization(layer)) if _graph.is_quantize_wrapper(layer) else ()
     status = "quantized" if _graph.is_quantize_wrapper(layer) else "skipped"
     if _graph.is_recurrent(layer):
         return _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activations)
@@ -250,7 +239,7 @@ def _layer_plan(model, layer, consumed, activations):
                          "integer op sharing its input's scale")
     if _graph.is_quantize_wrapper(layer):
         return LayerPlan(name, cls, status, quantized, INTEGER, "integer op with the QAT weights and output range",
-                         device_differs=tuple(_tfmot_differences(layer, activations)))
+                         device_differs=tuple(tfmot_differences(layer, activations)))
     return LayerPlan(name, cls, status, (), CALIBRATED,
                      "integer op; weights and output range from post-training calibration at export")
 
@@ -285,7 +274,7 @@ def _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activa
         if bidirectional:
             parts.append(f"REVERSE_V2 + merge '{_graph.inner(layer).merge_mode}'")
         detail = " + ".join(parts)
-    differs = tuple(_cell_differences(rnns, cell_plans, activations))
+    differs = tuple(cell_differences(rnns, [c.deploy == FUSED for c in cell_plans], activations))
     return LayerPlan(name, cls, status, quantized, deploy, detail, tuple(cell_plans), problem, differs)
 
 
@@ -348,7 +337,7 @@ def _activation_name(fn):
 
 def _cell_plan(cell, rnn, direction, index, c_used, steps, activations):
     kind = _graph.cell_kind(cell)
-    cell_class = _display_class(cell)
+    cell_class = display_class(cell)
     notes = []
     reasons = []  # (why the cell is unrolled, the alternative that would fuse it)
     if kind == "lstm":
@@ -400,103 +389,3 @@ def _baked_away(cell, rnn):
         notes.append("stateful=True: the fused op keeps h and c between invoke() calls (reset_all_variables() "
                      "resets them)")
     return notes
-
-
-# ------------------------------------------------------------------------------------------------
-# What the flatbuffer cannot hold exactly
-# ------------------------------------------------------------------------------------------------
-
-
-def _cell_differences(rnns, cell_plans, activations):
-    """Non-default QAT cell settings that the deployed ops compute differently (one line each)."""
-    found = []
-    cells = [cell for rnn in rnns for cell in _graph.cells(rnn)]
-    for cell, cell_plan in zip(cells, cell_plans):
-        options = getattr(cell, "quant_options", None)
-        if not options or options.get("quant_mode") != "full":
-            continue
-        bits = options["quant_activation_bits"]
-        if bits != (16 if activations == "int16" else 8):
-            found.append(f"activation_bits={bits}: QAT simulated {bits}-bit activations, the device computes "
-                         f"{activations}")
-        if cell_plan.deploy == FUSED:
-            if options["quant_gate_bits"] != 16:
-                found.append(f"gate_bits={options['quant_gate_bits']}: the integer LSTM's gates are int16")
-            if options["quant_state_bits"] != 16:
-                found.append(f"state_bits={options['quant_state_bits']}: the integer LSTM's cell state is int16")
-    return list(dict.fromkeys(found))
-
-
-def _tfmot_differences(wrapper, activations):
-    """tfmot activation quantizers of another bit width than the deployed activations."""
-    want = 16 if activations == "int16" else 8
-    found = []
-    quantizers = list(getattr(wrapper, "_output_quantizers", None) or [])
-    act = getattr(wrapper.layer, "activation", None)
-    if type(act).__name__ == "QuantizeAwareActivation":
-        quantizers.append(act.quantizer)
-    for q in quantizers:
-        bits = getattr(q, "num_bits", 8)
-        if bits != want:
-            found.append(f"activation_bits={bits}: QAT simulated {bits}-bit activations, the device computes "
-                         f"{activations}")
-    return list(dict.fromkeys(found))
-
-
-# ------------------------------------------------------------------------------------------------
-# What is quantized (the `inspect` lines)
-# ------------------------------------------------------------------------------------------------
-
-
-def _quantizer_text(quantizer):
-    name = type(quantizer).__name__
-    bits = getattr(quantizer, "num_bits", None)
-    if name == "PerGateWeightQuantizer":
-        how = f"per-gate ({quantizer.num_gates} blocks)"
-    elif getattr(quantizer, "per_axis", False):
-        how = "per-channel"
-    else:
-        how = "per-tensor"
-    sym = ", symmetric" if getattr(quantizer, "symmetric", name == "PerGateWeightQuantizer") else ""
-    low = " (stored on its grid in int8)" if bits is not None and bits < 8 else ""
-    return f"int{bits or 8} {how}{sym}{low}"
-
-
-def _describe_quantization(wrapper):
-    parts = []
-    layer = wrapper.layer
-    for var, quantizer, _ in getattr(wrapper, "_weight_vars", []):
-        short = var.name.split(":")[0]
-        short = short[len(layer.name) + 1:] if short.startswith(layer.name + "/") else short.split("/")[-1]
-        parts.append(f"{short}: {_quantizer_text(quantizer)}")
-    if any(v.name.split(":")[0].endswith("bias") for v in layer.weights):
-        parts.append("bias: float in training, int32 in TFLite")
-    act = getattr(layer, "activation", None)
-    if type(act).__name__ == "QuantizeAwareActivation":
-        if act._should_post_quantize():
-            name = getattr(act.activation, "__name__", "act")
-            parts.append(f"output ({name}): int8 per-tensor")
-        elif act._should_pre_quantize():
-            parts.append("pre-activation: int8 per-tensor")
-    if getattr(wrapper, "_output_quantizers", None):
-        parts.append(f"output: {_quantizer_text(wrapper._output_quantizers[0])}")
-    if _graph.is_recurrent(wrapper):
-        for rnn in _graph.directions(wrapper)[:1]:
-            for cell in _graph.cells(rnn):
-                parts.append(_describe_cell(cell))
-    return parts or ["no tensors quantized here (pass-through)"]
-
-
-def _describe_cell(cell):
-    options = getattr(cell, "quant_options", None) or {}
-    name = _display_class(cell)
-    if options.get("quant_mode") == "weights":
-        return f"{name}: weights only (activations float in QAT, calibrated at export)"
-    bits = options.get("quant_activation_bits", 8)
-    if _graph.cell_kind(cell) == "lstm":
-        clip = options.get("quant_cell_clip", 10.0)
-        clip_text = f"clipped to +-{clip:g}" if clip else "not clipped"
-        return (f"{name}: output and h(t-1) int{bits} (one range), gate activations int{options.get('quant_gate_bits', 16)}, "
-                f"cell state int{options.get('quant_state_bits', 16)} with a power-of-two scale, {clip_text} "
-                "(TFLite integer LSTM)")
-    return f"{name}: output and h(t-1) int{bits} (one range)"
