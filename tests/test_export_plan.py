@@ -52,12 +52,20 @@ def _cells(model_plan, name):
 ], ids=["lstm", "recurrent_dropout", "use_bias_false", "rnn_lstmcell", "unroll", "stacked", "go_backwards",
         "return_state_h", "bidirectional", "relu", "hard_sigmoid", "return_state_c", "gru_reset_before", "simple_rnn_relu",
         "mixed_stack"])
-def test_each_cell_deploys_as_planned_on_float_and_qat_models(make, cells):
-    model = _model(make)
-    float_plan, qat_plan = deployment_plan(model), plan(model)  # plan(): decided on the quantized model
-    assert _cells(float_plan, "rnn") == cells
-    assert _cells(qat_plan, "rnn") == cells
-    assert float_plan.deployable and qat_plan.deployable
+def test_each_cell_deploys_as_planned(make, cells):
+    model_plan = deployment_plan(_model(make))  # QAT models: tests/test_export_table.py
+    assert _cells(model_plan, "rnn") == cells and model_plan.deployable
+
+
+def test_a_float_model_is_planned_as_its_quantized_model():
+    i = keras.Input((T, F))
+    h = L.LSTM(4, return_sequences=True, name="fused")(i)
+    h = L.RNN(L.StackedRNNCells([L.LSTMCell(4), L.GRUCell(4)]), return_sequences=True, name="mixed")(h)
+    model = keras.Model(i, L.Dense(2)(L.LSTM(4, activation="relu", name="relu")(h)))
+    float_plan, qat_plan = plan(model), plan(lt.quantize_model(model))
+    for name in ("fused", "mixed", "relu"):
+        assert _cells(float_plan, name) == _cells(qat_plan, name) == _cells(deployment_plan(model), name)
+    assert _cells(float_plan, "mixed") == [("", FUSED), ("", UNROLLED)]
 
 
 def test_why_a_cell_is_unrolled_names_the_setting():

@@ -102,7 +102,7 @@ def _export_zoo(name):
     x, _ = _data()
     qat = lt.quantize_model(_zoo_model(rows))
     if name == "bidirectional":  # lt.calibrate does not walk Bidirectional yet: training-mode passes
-        for _ in range(8):
+        for _ in range(4):
             qat(x, training=True)
         _output_ranges_from_data(qat, x)
     else:
