@@ -11,7 +11,7 @@ from lstm_transforms.calibration import calibrate
 from lstm_transforms.cells import QuantizedGRUCell, QuantizedLSTMCell, QuantizedSimpleRNNCell
 from lstm_transforms.compare import compare
 from lstm_transforms.configs import QuantizedCellConfig, RNNQuantizeConfig
-from lstm_transforms.export import ExportError, export_tflite
+from lstm_transforms.export import ExportError, ExportWarning, export_tflite, plan
 from lstm_transforms.keras3 import register_keras3_layer, to_tf_keras, unregister_keras3_layer
 from lstm_transforms.loading import load_model
 from lstm_transforms.options import QuantOptions
@@ -44,7 +44,9 @@ __all__ = [
     "load_model",
     "rewrite",
     "export_tflite",
+    "plan",
     "ExportError",
+    "ExportWarning",
     "calibrate",
     "compare",
     "FloatLambdaWarning",

@@ -8,6 +8,7 @@ unless the user passes `--unsafe-lambda` (see `lstm_transforms.loading`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -15,13 +16,10 @@ import warnings
 import numpy as np
 
 from lstm_transforms import loading
-from lstm_transforms._keras import keras
-from lstm_transforms.api import quantize_model
-from lstm_transforms.export import export_tflite
-from lstm_transforms.walk import cells_of
+from lstm_transforms.export import export_tflite, plan
 from lstm_transforms.wrappers import is_quantize_wrapper
 
-__all__ = ["main", "run", "quantization_plan"]
+__all__ = ["main", "run"]
 
 
 class CLIError(Exception):
@@ -42,92 +40,6 @@ def _load_model(path, unsafe_lambda=False):
 def _first_line(e):
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
-
-
-def _quantizer_text(quantizer):
-    name = type(quantizer).__name__
-    bits = getattr(quantizer, "num_bits", None)
-    if name == "PerGateWeightQuantizer":
-        how = f"per-gate ({quantizer.num_gates} blocks)"
-    elif getattr(quantizer, "per_axis", False):
-        how = "per-channel"
-    else:
-        how = "per-tensor"
-    sym = ", symmetric" if getattr(quantizer, "symmetric", name == "PerGateWeightQuantizer") else ""
-    return f"int{bits or 8} {how}{sym}"
-
-
-def _describe_cell(cell):
-    if isinstance(cell, keras.layers.LSTMCell):
-        return (f"{type(cell).__name__}: output and h(t-1) int8 (one range), gate activations int16, "
-                "cell state int16 with a power-of-two scale, clipped to +-10 (TFLite integer LSTM)")
-    return (f"{type(cell).__name__}: output and h(t-1) int8 (one range); exported unrolled "
-            "as integer FULLY_CONNECTED/LOGISTIC/TANH/MUL/ADD ops")
-
-
-def _describe_wrapper(w):
-    parts = []
-    inner = w.layer
-    for var, quantizer, _ in getattr(w, "_weight_vars", []):
-        short = var.name.split(":")[0]
-        short = short[len(inner.name) + 1:] if short.startswith(inner.name + "/") else short.split("/")[-1]
-        parts.append(f"{short}: {_quantizer_text(quantizer)}")
-    if any(v.name.split(":")[0].endswith("bias") for v in inner.weights):
-        parts.append("bias: float in training, int32 in TFLite")
-    act = getattr(inner, "activation", None)
-    if type(act).__name__ == "QuantizeAwareActivation":
-        if act._should_post_quantize():
-            parts.append(f"output ({act.activation.__name__ if hasattr(act.activation, '__name__') else 'act'}): "
-                         "int8 per-tensor")
-        elif act._should_pre_quantize():
-            parts.append("pre-activation: int8 per-tensor")
-    if getattr(w, "_output_quantizers", None):
-        parts.append(f"output: {_quantizer_text(w._output_quantizers[0])}")
-    for text in dict.fromkeys(_describe_cell(cell) for cell in cells_of(inner)):  # once per kind of cell
-        parts.append(text)
-    if not parts:
-        parts.append("no tensors quantized here (pass-through)")
-    return parts
-
-
-def quantization_plan(model):
-    """Rows `(layer name, class, status, [details])` describing how `lstm_transforms.quantize_model`
-    treats each layer of `model` (or, for an already-QAT model, how it is quantized)."""
-    qat = model if any(is_quantize_wrapper(layer) for layer in model.layers) else quantize_model(model)
-    by_inner = {}
-    for layer in qat.layers:
-        if is_quantize_wrapper(layer):
-            by_inner[layer.layer.name] = layer
-    rows = []
-    source = model if qat is not model else qat
-    for layer in source.layers:
-        cls = type(layer).__name__
-        if is_quantize_wrapper(layer):
-            rows.append((layer.layer.name, type(layer.layer).__name__, "quantized", _describe_wrapper(layer)))
-        elif cls == "InputLayer":
-            rows.append((layer.name, cls, "skipped", ["model input (quantized by the QuantizeLayer after it)"]))
-        elif cls == "QuantizeLayer" or "QuantizeLayer" in [c.__name__ for c in type(layer).__mro__]:
-            rows.append((layer.name, cls, "quantized", ["input: int8 per-tensor (asymmetric)"]))
-        elif layer.name in by_inner:
-            rows.append((layer.name, cls, "quantized", _describe_wrapper(by_inner[layer.name])))
-        else:
-            replaced = [q.name for q in qat.layers if q.name not in by_inner and layer.name in q.name]
-            why = (f"rewritten as {', '.join(replaced)} before quantization" if replaced else
-                   "not in the quantized model: removed or replaced by a rewrite (e.g. a Lambda/TFOpLambda "
-                   "squeeze turned into Reshape)")
-            if layer.name not in [q.name for q in qat.layers]:
-                rows.append((layer.name, cls, "skipped", [why]))
-            else:
-                rows.append((layer.name, cls, "skipped", ["kept in float: no quantization needed (no weights, "
-                                                           "no arithmetic)"]))
-    # Layers added by rewrites (present only in the QAT model).
-    if qat is not model:
-        known = {layer.name for layer in model.layers}
-        for layer in qat.layers:
-            if is_quantize_wrapper(layer) and layer.layer.name not in known:
-                rows.append((layer.layer.name, type(layer.layer).__name__, "quantized (added by a rewrite)",
-                             _describe_wrapper(layer)))
-    return rows
 
 
 def _print_rows(title, rows):
@@ -157,7 +69,7 @@ def _config_rows(path, refused):
     return rows
 
 
-def _inspect_without_lambdas(path, refusal):
+def _inspect_without_lambdas(path, refusal, args):
     """The plan of the model with its refused Lambdas replaced by placeholders; or, when the file
     does not record their output shapes, the layer list of its config and a CLIError."""
     try:
@@ -170,11 +82,23 @@ def _inspect_without_lambdas(path, refusal):
                        "of the model could not be analysed.") from refusal
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the placeholders' FloatLambdaWarning: reported in the rows instead
-        rows = quantization_plan(model)
-    rows = [(n, "Lambda", "not loaded", [_NOT_LOADED]) if n in names else (n, c, s, d) for n, c, s, d in rows]
-    _print_rows(f"{path}: {len(rows)} layers", rows)
+        model_plan = _plan(path, model, args)
+    layers = tuple(dataclasses.replace(row, class_name="Lambda", status="not loaded", quantized=(_NOT_LOADED,))
+                   if row.name in names else row for row in model_plan.layers)
+    _print_plan(dataclasses.replace(model_plan, layers=layers), args)
     print(f"lstm-transforms inspect: note: {refusal}", file=sys.stderr)
     return 0
+
+
+def _plan(path, model, args):
+    try:
+        return plan(model, activations=args.activations)
+    except Exception as e:  # noqa: BLE001 - quantize_model's own message, one line
+        raise CLIError(f"cannot quantize {path}: {_first_line(e)}") from e
+
+
+def _print_plan(model_plan, args):
+    print(model_plan.to_json(indent=1) if args.json else model_plan)
 
 
 def _device_lines(flatbuffer):
@@ -229,12 +153,8 @@ def _cmd_inspect(args):
     try:
         model = _load_model(args.model, args.unsafe_lambda)
     except loading.UnsafeLambdaError as refusal:
-        return _inspect_without_lambdas(args.model, refusal)
-    try:
-        rows = quantization_plan(model)
-    except Exception as e:  # noqa: BLE001 - quantize_model's own message, one line
-        raise CLIError(f"cannot quantize {args.model}: {_first_line(e)}") from e
-    _print_rows(f"{args.model}: {len(rows)} layers", rows)
+        return _inspect_without_lambdas(args.model, refusal, args)
+    _print_plan(_plan(args.model, model, args), args)
     return 0
 
 

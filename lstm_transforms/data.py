@@ -23,7 +23,7 @@ import numpy as np
 
 from lstm_transforms._keras import tf
 
-__all__ = ["batches", "samples", "sample_count"]
+__all__ = ["arrays", "batches", "samples", "sample_count"]
 
 DEFAULT_NAME = "representative_dataset"
 
@@ -162,6 +162,12 @@ def samples(data, model, max_samples=None, name=DEFAULT_NAME) -> Iterator[list]:
     """Yield `data` one sample at a time, each input with a leading batch axis of 1: what TFLite's
     converter expects from a representative_dataset generator."""
     return batches(data, model, batch_size=1, max_samples=max_samples, name=name)
+
+
+def arrays(data, model, max_samples=None, name=DEFAULT_NAME) -> list:
+    """All of `data` (at most `max_samples` samples) as one array per model input, samples on axis 0:
+    for the export, whose child process calibrates on the whole set."""
+    return _concatenate(list(batches(data, model, batch_size=256, max_samples=max_samples, name=name)))
 
 
 def sample_count(data, max_samples=None):

@@ -161,14 +161,16 @@ def lstm_gate_weights(flatbuffer):
 
 
 def _quantize_input(x, detail):
-    if np.dtype(detail["dtype"]) == np.int8:
+    dtype = np.dtype(detail["dtype"])
+    if dtype in (np.int8, np.int16):
         scale, zero = detail["quantization"]
-        return np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-    return x.astype(detail["dtype"])
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
 
 
 def _dequantize_output(y, detail):
-    if np.dtype(detail["dtype"]) == np.int8:
+    if np.dtype(detail["dtype"]) in (np.int8, np.int16):
         scale, zero = detail["quantization"]
         return (y.astype(np.float32) - zero) * scale
     return y
@@ -178,7 +180,7 @@ def predict(flatbuffer, x, *, progress=False, desc="tflite", num_threads=None):
     """Run the model on each sample of `x` independently (batch 1, state reset before each).
 
     `x`: an array with samples on axis 0, or a list of such arrays for a multi-input model.
-    Int8 inputs/outputs are quantized/dequantized with the model's own parameters, so the result is
+    Integer inputs/outputs are quantized/dequantized with the model's own parameters, so the result is
     always float32: one array of shape `(n, ...)` per model output (a single array for one output).
     """
     it = interpreter(flatbuffer, num_threads=num_threads)

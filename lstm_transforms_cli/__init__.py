@@ -1,11 +1,13 @@
 """`lstm-transforms`: inspect what will be quantized, and export to fully-integer TFLite.
 
-    lstm-transforms inspect MODEL                         # .h5 / .keras / SavedModel dir, or a .tflite
+    lstm-transforms inspect MODEL [--json]                # .h5 / .keras / SavedModel dir, or a .tflite
     lstm-transforms export MODEL --calibration DATA.npy -o OUT.tflite [--int8-io] [--target micro|ethos-u]
     lstm-transforms compare MODEL FILE.tflite --data X.npy [--plot OUT.png]
 
-`inspect` on a Keras model prints, per layer, whether and how it is quantized (which tensors, bits,
-per-gate / per-channel / per-tensor) and why a layer is skipped; on a `.tflite` file it prints the
+`inspect` on a Keras model prints its `lstm_transforms.plan`: per layer, whether and how it is
+quantized (which tensors, bits, per-gate / per-channel / per-tensor), how it will deploy (fused LSTM
+op, unrolled integer ops, ...) and, for anything that cannot deploy, why and the fix (`--json` for
+the same as JSON); on a `.tflite` file it prints the
 ops, sizes, the TensorFlow Lite Micro arena and (with Vela installed) the Ethos-U NPU/CPU split, then
 every tensor's dtype and quantization. `export` takes a QAT model (a float model is exported with
 post-training quantization and a note); `--target micro` makes an int8-I/O, name-stripped file checked
@@ -48,8 +50,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstm-transforms", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"lstm-transforms {version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    inspect = sub.add_parser("inspect", help="show per layer how a model is quantized (or a .tflite's tensors)")
+    inspect = sub.add_parser("inspect", help="show per layer how a model is quantized and deploys (or a .tflite's tensors)")
     inspect.add_argument("model", help="a tf-keras model (.h5, .keras, SavedModel directory) or a .tflite file")
+    inspect.add_argument("--json", action="store_true", help="the plan as JSON (lstm_transforms.plan(model).to_dict())")
+    inspect.add_argument("--activations", choices=("int8", "int16"), default="int8",
+                         help="plan for int8 (default) or 16x8 activations")
     _add_unsafe_lambda(inspect)
     export = sub.add_parser("export", help="export a QAT model to a fully-integer .tflite")
     export.add_argument("model", help="a tf-keras QAT model (.h5, .keras, SavedModel directory)")

@@ -49,6 +49,28 @@ def test_inspect_says_how_each_layer_is_quantized(files, capsys):
     assert "per-gate (4 blocks)" in capsys.readouterr().out
 
 
+def test_inspect_prints_the_deployment_plan_and_json(files, capsys):
+    import json
+
+    assert main(["inspect", files["qat"], "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    rnn = next(layer for layer in plan["layers"] if layer["name"] == "rnn")
+    assert plan["deployable"] and rnn["deploy"] == "fused" and [c["deploy"] for c in rnn["cells"]] == ["fused"]
+    assert main(["inspect", files["qat"]]) == 0
+    out = capsys.readouterr().out
+    assert "deploys: fused" in out and "fused UNIDIRECTIONAL_SEQUENCE_LSTM" in out
+
+
+def test_inspect_says_why_a_model_cannot_deploy(files, capsys):
+    i = keras.Input((None, 4))
+    path = str(files["dir"] / "gru_none.h5")
+    keras.Model(i, L.Dense(2)(L.GRU(4, name="gru")(i))).save(path)
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "NOT deployable" in out.splitlines()[0]
+    assert "X Layer 'gru' (GRU) has a time dimension of None" in out and "keras.Input(shape=(T, features))" in out
+
+
 def test_export_writes_a_fused_integer_model_and_inspect_reads_it(files, capsys):
     out = str(files["dir"] / "qat.tflite")
     assert main(["export", files["qat"], "--calibration", files["cal"], "-o", out, "-q"]) == 0

@@ -23,8 +23,10 @@ Properties, for every drawn model (`test_random_model_quantizes`):
    outputs bit for bit).
 
 `test_random_model_exports` (few examples: each export spawns a converter process) checks that
-`export_tflite` returns a flatbuffer that runs in the TFLite interpreter with outputs close to the QAT
-model, or raises the documented `ExportError`. Shrunk failures are replayed as regular tests (`REGRESSIONS`).
+inspect and export agree: when `lt.plan` calls the model deployable, `export_tflite` returns a
+fully-integer flatbuffer (int8 I/O, no QUANTIZE / DEQUANTIZE, no WHILE, no float tensor) whose
+outputs in the TFLite interpreter are close to the QAT model's; otherwise it raises `ExportError`
+before converting. Shrunk failures are replayed as regular tests (`REGRESSIONS`).
 
 Hypothesis runs derandomized (reproducible in CI); `LT_FUZZ_EXAMPLES` raises the example count for a
 longer local run (`LT_FUZZ_EXAMPLES=300 pytest tests/test_fuzz.py`).
@@ -45,8 +47,9 @@ import lstm_transforms as lt
 from lstm_transforms._keras import keras, tf
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapperV2
 
+from lstm_transforms import tflite_utils
 from lstm_transforms.cells import _QuantizedCellMixin
-from lstm_transforms.recurrent import cells_of
+from lstm_transforms.walk import cells_of
 from tests.helpers import calibrate, recurrent_wrappers
 
 L = keras.layers
@@ -419,23 +422,24 @@ def test_regressions(spec, tmp_path):
 @_settings(EXPORT_EXAMPLES)
 @given(spec=specs(min_units=4))
 def test_random_model_exports(spec, tmp_path):
-    from lstm_transforms import tflite_utils
-    from lstm_transforms.export import ExportError
+    """Inspect and export agree: a model the plan calls deployable exports fully integer (no WHILE, no float
+    tensor inside, int8 I/O without QUANTIZE / DEQUANTIZE) with outputs close to QAT; any other model is an
+    ExportError before the converter runs. A converter failure or a float island fails the property."""
+    from lstm_transforms.export.verify import integer_violations
 
     _fresh()
     model = build(spec)
     x = _data(model, n=16)
     qat = _quantize(model)
     calibrate(qat, x)
-    try:
-        flatbuffer = lt.export_tflite(qat, x, timeout=300)
-    except ExportError as e:
-        # Documented: the converter failed or crashed, and the message names the layer and cause.
-        assert "failed" in str(e) and ("TFLite converter" in str(e) or "time dimension" in str(e)), str(e)
+    model_plan = lt.plan(qat)
+    if not model_plan.deployable:
+        with pytest.raises(lt.ExportError, match=r"^Cannot export"):
+            lt.export_tflite(qat, x, timeout=300)
         return
-    assert isinstance(flatbuffer, bytes) and flatbuffer
-    assert "WHILE" not in tflite_utils.op_names(flatbuffer)  # LSTMs fused, GRU/SimpleRNN unrolled
-    # The int8 model computes what QAT simulated, up to int8 steps and calibrated recurrent ranges.
+    flatbuffer = lt.export_tflite(qat, x, int8_io=True, timeout=300)
+    assert integer_violations(flatbuffer, int8_io=True) == []
+    # The int8 model computes what QAT simulated, up to int8 steps.
     got = tflite_utils.predict(flatbuffer, x[:4])
     want = np.asarray(qat(x[:4], training=False))
     assert np.max(np.abs(got - want)) <= EXPORT_TOLERANCE * (1 + np.max(np.abs(want))), (got, want)

@@ -1,0 +1,66 @@
+"""Verify: the flatbuffer is what the plan promised (last stage).
+
+Checks, each an `ExportError` naming what went wrong: no `WHILE` loop, one
+`UNIDIRECTIONAL_SEQUENCE_LSTM` per fused cell of the plan, no float tensor computed inside the
+model (a DEQUANTIZE not at an output), and with integer I/O no float at all (no QUANTIZE from or
+DEQUANTIZE to float). An integer-to-integer QUANTIZE (a requantization, where TFLite needs one scale
+for tensors of different ranges, e.g. a TANH output concatenated with wider tensors) is integer and
+allowed; `requantizations` lists them. The child process has already loaded and run the flatbuffer
+once in the TFLite interpreter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lstm_transforms.export.errors import ExportError
+from lstm_transforms.export.plan import FUSED
+
+__all__ = ["verify", "integer_violations", "requantizations"]
+
+
+def integer_violations(flatbuffer, *, int8_io=False):
+    """What keeps `flatbuffer` from being fully integer: a list of short descriptions (empty: none)."""
+    from lstm_transforms import tflite_utils
+
+    found = [f"WHILE loop ({n})" for n in [tflite_utils.op_names(flatbuffer).count("WHILE")] if n]
+    found += [f"float tensor '{name}' computed inside (DEQUANTIZE)" for name in tflite_utils.float_islands(flatbuffer)]
+    it = tflite_utils.interpreter(flatbuffer, inspect=True)
+    io = {d["index"] for d in it.get_input_details() + it.get_output_details()}
+    for t in tflite_utils.tensors(flatbuffer):
+        if t["dtype"].startswith("float") and t["index"] not in io and t["shape"] and 0 not in t["shape"]:
+            found.append(f"float tensor '{t['name']}'")
+    if int8_io:
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        for op in it._get_ops_details():
+            if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") and _touches_float(op, details):
+                found.append(f"{op['op_name']} op at a float tensor (integer I/O asks for none)")
+    return list(dict.fromkeys(found))
+
+
+def _touches_float(op, details):
+    return any(np.dtype(details[int(i)]["dtype"]).kind == "f" for i in list(op["inputs"]) + list(op["outputs"]))
+
+
+def requantizations(flatbuffer):
+    """Names of the tensors an integer-to-integer QUANTIZE op produces (scale changes inside the model)."""
+    from lstm_transforms import tflite_utils
+
+    it = tflite_utils.interpreter(flatbuffer, inspect=True)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    return [details[int(op["outputs"][0])]["name"] for op in it._get_ops_details()
+            if op["op_name"] == "QUANTIZE" and not _touches_float(op, details)]
+
+
+def verify(flatbuffer, model_plan, *, int8_io=False):
+    """Raise `ExportError` unless `flatbuffer` is fully integer and has the plan's fused LSTMs."""
+    from lstm_transforms import tflite_utils
+
+    problems = integer_violations(flatbuffer, int8_io=int8_io)
+    fused_cells = len(model_plan.cells(FUSED))
+    fused_ops = tflite_utils.op_names(flatbuffer).count("UNIDIRECTIONAL_SEQUENCE_LSTM")
+    if fused_ops < fused_cells:
+        problems.append(f"{fused_ops} UNIDIRECTIONAL_SEQUENCE_LSTM op(s) for {fused_cells} fused LSTM cell(s)")
+    if problems:
+        raise ExportError(f"Export of '{model_plan.model}' is not what its plan promised: {'; '.join(problems)}. "
+                          "This is a bug in lstm_transforms: please report it with the model.")
