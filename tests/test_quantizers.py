@@ -7,6 +7,7 @@ from lstm_transforms._keras import tf
 from lstm_transforms.quantizers import (
     PerGateWeightQuantizer,
     fake_quant_fixed_unit,
+    fake_quant_per_gate,
     fake_quant_power_of_two,
     power_of_two_bound,
 )
@@ -28,6 +29,35 @@ def test_per_gate_scale_is_max_abs_of_each_block(num_gates, bits):
     if num_gates > 1 and bits == 8:
         # One shared scale would have flattened the small gates: per-gate keeps them distinct.
         assert len(np.unique(q[:, units : 2 * units])) > 10
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_per_gate_fake_quant_equals_tensorflows_per_channel_op_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    for trial in range(25):
+        rows, units, gates = int(rng.integers(1, 70)), int(rng.integers(1, 70)), int(rng.choice([1, 3, 4]))
+        bits = int(rng.integers(2, 9))
+        scale = 10 ** rng.uniform(-4, 2)
+        kernel = (rng.standard_normal((rows, gates * units)) * scale).astype("float32")
+        if trial % 2:  # values on and next to grid points, where rounding is decided
+            kernel = (np.round(kernel / scale * 21) * scale / 21).astype("float32")
+        if trial % 5 == 0:
+            kernel[:, :units] = 0.0  # an all-zero gate block
+        bound = np.repeat(np.maximum(np.abs(kernel.reshape(rows, gates, units)).max(axis=(0, 2)), 1e-8), units)
+        dy = rng.standard_normal(kernel.shape).astype("float32")
+        w = tf.constant(kernel)
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            ours = fake_quant_per_gate(w, gates, bits)
+        grad = tape.gradient(ours, w, output_gradients=tf.constant(dy))
+        theirs = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            kernel, -bound, bound, num_bits=bits, narrow_range=True
+        )
+        their_grad = tf.quantization.fake_quant_with_min_max_vars_per_channel_gradient(
+            dy, kernel, -bound, bound, num_bits=bits, narrow_range=True
+        )[0]
+        np.testing.assert_array_equal(ours.numpy().view(np.int32), theirs.numpy().view(np.int32))
+        np.testing.assert_array_equal(grad.numpy().view(np.int32), their_grad.numpy().view(np.int32))
 
 
 def test_per_gate_gradient_is_straight_through():
