@@ -126,16 +126,36 @@ def power_of_two_bound(max_abs):
     return tf.pow(2.0, tf.math.ceil(tf.math.log(max_abs) / tf.math.log(2.0)))
 
 
-def power_of_two_bounds(max_abs, num_bits):
-    """[-bound, top] of the symmetric power-of-two fake quant covering `max_abs`."""
+def power_of_two_bounds(max_abs, num_bits, clip=0.0):
+    """The symmetric power-of-two fake quant covering `max_abs`, after a clip to +-`clip` (0: none):
+    (lo, top) = (-bound, bound * (1 - 2^(1-b))), and (pass_lo, pass_top), the interval where its
+    gradient passes straight through (inside the clip and inside TensorFlow's nudged range)."""
     bound = tf.stop_gradient(power_of_two_bound(max_abs))
-    return -bound, bound * (1.0 - 2.0 ** (1 - num_bits))
+    lo, top = -bound, bound * (1.0 - 2.0 ** (1 - num_bits))
+    pass_lo, pass_top, _, _ = _nudged_range(lo, top, 0, 2**num_bits - 1)
+    if clip:
+        pass_lo, pass_top = tf.maximum(pass_lo, -clip), tf.minimum(pass_top, clip)
+    return lo, top, pass_lo, pass_top
 
 
-def fake_quant_power_of_two(x, max_abs, num_bits, bounds=None):
+def fake_quant_power_of_two(x, max_abs, num_bits, bounds=None, clip=0.0):
     """Symmetric fake quant with a power-of-two scale covering `max_abs` (bound / 2^(b-1)).
 
-    `bounds`: `power_of_two_bounds(max_abs, num_bits)` computed once outside a loop (optional).
+    `clip` > 0: `x` is clipped to +-clip first (the converter's CellClip). The gradient of clip and
+    fake quant together is one straight-through mask, the values that differentiating both ops
+    gives, in a third of the ops: a recurrent loop runs it once per step.
+    `bounds`: `power_of_two_bounds(max_abs, num_bits, clip)` computed once outside a loop (optional).
     """
-    lo, top = bounds if bounds is not None else power_of_two_bounds(max_abs, num_bits)
-    return tf.quantization.fake_quant_with_min_max_vars(x, lo, top, num_bits=num_bits)
+    lo, top, pass_lo, pass_top = bounds if bounds is not None else power_of_two_bounds(max_abs, num_bits, clip)
+
+    @tf.custom_gradient
+    def fake_quant(v):
+        clipped = tf.clip_by_value(v, -clip, clip) if clip else v
+        quantized = tf.quantization.fake_quant_with_min_max_vars(clipped, lo, top, num_bits=num_bits)
+
+        def grad(dy):
+            return dy * tf.cast((v >= pass_lo) & (v <= pass_top), dy.dtype)
+
+        return quantized, grad
+
+    return fake_quant(x)

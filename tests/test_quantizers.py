@@ -84,6 +84,27 @@ def test_power_of_two_bound(max_abs, bound):
     assert float(power_of_two_bound(tf.constant(max_abs))) == bound
 
 
+@pytest.mark.parametrize("bits", [16, 8, 3])
+@pytest.mark.parametrize("clip", [0.0, 10.0, 1.5])
+def test_clipped_power_of_two_fake_quant_equals_clip_then_tensorflows_op(bits, clip):
+    rng = np.random.default_rng(bits)
+    for max_abs in (0.3, 1.0, 3.7, 12.0, 40.0):
+        top = power_of_two_bound(tf.constant(max_abs)).numpy()
+        c = (rng.standard_normal(4000) * max_abs * 1.5).astype("float32")
+        c[:8] = [top, -top, clip, -clip, top * (1 - 2.0 ** (1 - bits)), 0.0, np.nextafter(top, 0), -np.nextafter(top, 0)]
+        x, dy = tf.constant(c), tf.constant(rng.standard_normal(c.shape).astype("float32"))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = fake_quant_power_of_two(x, tf.constant(max_abs), bits, clip=clip)
+            lo, hi = -top, top * (1 - 2.0 ** (1 - bits))
+            clipped = tf.clip_by_value(x, -clip, clip) if clip else x
+            theirs = tf.quantization.fake_quant_with_min_max_vars(clipped, lo, hi, num_bits=bits)
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+        np.testing.assert_array_equal(
+            tape.gradient(ours, x, output_gradients=dy).numpy(), tape.gradient(theirs, x, output_gradients=dy).numpy()
+        )
+
+
 def test_power_of_two_cell_state_quantization():
     c = tf.constant(np.linspace(-5, 5, 999, dtype="float32"))
     q = fake_quant_power_of_two(c, tf.constant(3.0), 16).numpy()
