@@ -5,10 +5,14 @@ stock tf-keras layers (same weights, same config plus ``quant_*`` keys). In full
 run the per-step loop (the fused backend function hard-codes float sigmoid/tanh and would ignore
 every activation quantization point); in weights-only mode LSTM/GRU keep the fused function.
 
-While training, each step also emits the unquantized value of every learned-range quantization
-point of every quantized cell (stacked cells included) next to its output; after the loop they are
-reduced over batch and time and folded into the cells' moving-average ranges. No variable is written inside
-the loop, so this works unchanged under ``tf.distribute`` strategies.
+While training, the loop carries one more state: per batch row, the running minimum and maximum
+over the steps so far of the unquantized value of every learned-range quantization point (each
+cell's ``STATISTICS``; stacked cells included). After the loop they are reduced over the batch and
+folded into the cells' moving-average ranges: statistics over every step, at the cost of a few
+per-row reductions per step, with no per-step tensors kept. Masked steps are skipped like every
+state update; the zeros the stock loop outputs at some masked steps, which its statistics used to
+include, are added back (`_rows_given_zero_outputs`). No variable is written inside the loop, so
+this works unchanged under ``tf.distribute`` strategies.
 
 Inside a quantize wrapper the range updates wait until the wrapped layer's call has finished
 (`deferred_range_updates`): an update of a mirrored variable is a cross-replica merge point, where
@@ -118,8 +122,7 @@ class _QuantizedLoopMixin:
         timesteps = backend.int_shape(tf.nest.flatten(inputs)[0])[0 if self.time_major else 1]
         kwargs = {"training": training} if generic_utils.has_arg(self.cell.call, "training") else {}
         is_tf_rnn_cell = getattr(self.cell, "_is_tf_rnn_cell", None) is not None
-        # The extremes of every statistic so far, per batch row: a state of the loop, so that the
-        # masking of the loop treats them like the outputs they used to be.
+        # (cell, statistic) of each pair of columns (-min, max) of the extremes state.
         layout = [(cell, key) for cell in cells for key in cell.STATISTICS] if collect else []
         if layout:
             batch = tf.shape(tf.nest.flatten(initial_state)[0])[0]
@@ -236,7 +239,11 @@ def _row_extremes(layout, sink):
     in `layout` order (no gradient)."""
     found = {(cell, key): value for cell, key, value in sink}
     if len(found) != len(sink) or set(found) != set(layout):
-        raise RuntimeError(f"A quantized step reported the statistics {[k for _, k, _ in sink]}, expected {layout}.")
+        reported = [(cell.name, key) for cell, key, _ in sink]
+        expected = [(cell.name, key) for cell, key in layout]
+        raise RuntimeError(
+            f"A quantized step reported the statistics {reported}, expected {expected} (its cells' STATISTICS)."
+        )
     columns = []
     for cell_key in layout:
         value = tf.cast(found[cell_key], tf.float32)
