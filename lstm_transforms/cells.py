@@ -105,7 +105,7 @@ class _QuantizedCellMixin:
         """(input dropout) x W + input bias: the part of a step that does not depend on the state."""
         dp_mask = self.get_dropout_mask_for_cell(inputs, training, count=1)
         if dp_mask is not None:
-            inputs = inputs * dp_mask[0]
+            inputs = inputs * dp_mask
         x = backend.dot(inputs, self.kernel)
         bias = self._input_bias()
         return x if bias is None else x + bias
@@ -116,7 +116,9 @@ class _QuantizedCellMixin:
         if frozen:
             bounds = {"output": asymmetric_bounds(self.quant_output_min, self.quant_output_max)}
             if "cell_state" in self.STATISTICS:
-                bounds["cell_state"] = power_of_two_bounds(self.quant_cell_max_abs, self.options.state_bits)
+                bounds["cell_state"] = power_of_two_bounds(
+                    self.quant_cell_max_abs, self.options.state_bits, self.options.cell_clip
+                )
         object.__setattr__(self, "_frozen_bounds", bounds)
 
     def _bounds(self, key):
@@ -146,24 +148,24 @@ class _QuantizedCellMixin:
     def _quantize_cell_state(self, c):
         if not self.full_quantization:
             return c
-        clip = self.options.cell_clip
-        if clip:
-            c = tf.clip_by_value(c, -clip, clip)
         if self._stats_sink is not None:
-            self._stats_sink.append((self, "cell_state", c))
+            self._stats_sink.append((self, "cell_state", c))  # before the clip: `observe` clips its extremes
+        clip = self.options.cell_clip
         return fake_quant_power_of_two(
-            c, self.quant_cell_max_abs, self.options.state_bits, bounds=self._bounds("cell_state")
+            c, self.quant_cell_max_abs, self.options.state_bits, bounds=self._bounds("cell_state"), clip=clip
         )
 
-    def observe(self, observed):
-        """Update the learned ranges from {statistic: values of one batch}: a moving average, or
-        the running extremes while `use_running_min_max(True)`."""
+    def observe(self, extremes):
+        """Update the learned ranges from {statistic: (min, max) over one batch}: a moving average,
+        or the running extremes while `use_running_min_max(True)`."""
         batch_stats = {}
-        if "output" in observed:
-            batch_stats["output_min"] = tf.reduce_min(observed["output"])
-            batch_stats["output_max"] = tf.reduce_max(observed["output"])
-        if "cell_state" in observed:
-            batch_stats["cell_max_abs"] = tf.reduce_max(tf.abs(observed["cell_state"]))
+        if "output" in extremes:
+            batch_stats["output_min"], batch_stats["output_max"] = extremes["output"]
+        if "cell_state" in extremes:
+            lowest, highest = extremes["cell_state"]
+            max_abs = tf.maximum(-lowest, highest)  # of c before the clip: max |clip(c)| = min(max |c|, clip)
+            clip = self.options.cell_clip
+            batch_stats["cell_max_abs"] = tf.minimum(max_abs, clip) if clip else max_abs
         decay = self.options.ema_decay
         seen = self.quant_observed
         updates = []
@@ -195,7 +197,7 @@ class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
         h_tm1, c_tm1 = states[0], states[1]
         rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training, count=1)
         if rec_dp_mask is not None:
-            h_tm1 = h_tm1 * rec_dp_mask[0]
+            h_tm1 = h_tm1 * rec_dp_mask
         z = self._input_projection(inputs, training) + tf.matmul(h_tm1, self.recurrent_kernel)
         z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
         act, rec = self.activation, self.recurrent_activation
@@ -222,7 +224,7 @@ class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
             return super().call(inputs, states, training=training)
         h_tm1 = states[0] if tf.nest.is_nested(states) else states
         rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training, count=1)
-        h_in = h_tm1 * rec_dp_mask[0] if rec_dp_mask is not None else h_tm1
+        h_in = h_tm1 * rec_dp_mask if rec_dp_mask is not None else h_tm1
         recurrent_bias = self.bias[1] if self.use_bias and self.reset_after else None
         x_z, x_r, x_h = tf.split(self._input_projection(inputs, training), 3, axis=-1)
         act, rec = self.activation, self.recurrent_activation

@@ -19,20 +19,47 @@ __all__ = [
 ]
 
 
-def per_gate_max_abs(kernel, num_gates):
-    """Max |w| of each gate block of a `(in, num_gates * units)` kernel, shape `(num_gates,)`."""
-    blocks = tf.reshape(kernel, [tf.shape(kernel)[0], num_gates, -1])
-    return tf.reduce_max(tf.abs(blocks), axis=[0, 2])
+def _round_half_away_from_zero(x):
+    """`std::round` for x >= 0 (tf.round rounds halves to even)."""
+    floor = tf.floor(x)
+    return tf.where(x - floor >= 0.5, floor + 1.0, floor)
+
+
+def _nudged_range(range_min, range_max, quant_min, quant_max):
+    """TensorFlow's `Nudge` (fake_quant_ops_functor.h), elementwise in float32: the range moved so
+    that 0 is a grid point. Returns (nudged_min, nudged_max, scale, inverse scale)."""
+    qmin, qmax = float(quant_min), float(quant_max)
+    scale = (range_max - range_min) / (qmax - qmin)
+    inv_scale = (qmax - qmin) / (range_max - range_min)
+    zero_point = _round_half_away_from_zero(tf.clip_by_value(qmin - range_min / scale, qmin, qmax))
+    return (qmin - zero_point) * scale, (qmax - zero_point) * scale, scale, inv_scale
 
 
 def fake_quant_per_gate(kernel, num_gates, num_bits):
-    """Symmetric narrow-range fake quant with one scale per gate block (max |w| / (2^(b-1) - 1))."""
-    bound = tf.stop_gradient(tf.maximum(per_gate_max_abs(kernel, num_gates), 1e-8))
-    units = tf.shape(kernel)[-1] // num_gates
-    bound = tf.repeat(bound, units)
-    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        kernel, -bound, bound, num_bits=num_bits, narrow_range=True
-    )
+    """Symmetric narrow-range fake quant with one scale per gate block (max |w| / (2^(b-1) - 1)).
+
+    Bit for bit `tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -bound, bound,
+    num_bits, narrow_range=True)` with the bound repeated over each block's columns, and its input
+    gradient (straight through inside the nudged range), written as elementwise ops over the
+    `(in, num_gates, units)` view: TensorFlow's per-channel kernels loop over the columns one
+    strided slice at a time (37 ms for a 512-unit LSTM kernel on CPU, against 9 ms here).
+    """
+    blocks = tf.reshape(kernel, [tf.shape(kernel)[0], num_gates, -1])
+    bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(blocks), axis=[0, 2], keepdims=True), 1e-8))
+    nudged_min, nudged_max, scale, inv_scale = _nudged_range(-bound, bound, 1, 2**num_bits - 1)
+    quant_zero = tf.floor(-nudged_min * inv_scale + 0.5)
+
+    @tf.custom_gradient
+    def fake_quant(w):
+        clamped = tf.maximum(tf.minimum(w, nudged_max), nudged_min)
+        quantized = tf.floor((clamped - nudged_min) * inv_scale - quant_zero + 0.5) * scale
+
+        def grad(dy):
+            return dy * tf.cast((w >= nudged_min) & (w <= nudged_max), dy.dtype)
+
+        return quantized, grad
+
+    return tf.reshape(fake_quant(blocks), tf.shape(kernel))
 
 
 class PerGateWeightQuantizer(tfmot_quantizers.Quantizer):
@@ -99,16 +126,36 @@ def power_of_two_bound(max_abs):
     return tf.pow(2.0, tf.math.ceil(tf.math.log(max_abs) / tf.math.log(2.0)))
 
 
-def power_of_two_bounds(max_abs, num_bits):
-    """[-bound, top] of the symmetric power-of-two fake quant covering `max_abs`."""
+def power_of_two_bounds(max_abs, num_bits, clip=0.0):
+    """The symmetric power-of-two fake quant covering `max_abs`, after a clip to +-`clip` (0: none):
+    (lo, top) = (-bound, bound * (1 - 2^(1-b))), and (pass_lo, pass_top), the interval where its
+    gradient passes straight through (inside the clip and inside TensorFlow's nudged range)."""
     bound = tf.stop_gradient(power_of_two_bound(max_abs))
-    return -bound, bound * (1.0 - 2.0 ** (1 - num_bits))
+    lo, top = -bound, bound * (1.0 - 2.0 ** (1 - num_bits))
+    pass_lo, pass_top, _, _ = _nudged_range(lo, top, 0, 2**num_bits - 1)
+    if clip:
+        pass_lo, pass_top = tf.maximum(pass_lo, -clip), tf.minimum(pass_top, clip)
+    return lo, top, pass_lo, pass_top
 
 
-def fake_quant_power_of_two(x, max_abs, num_bits, bounds=None):
+def fake_quant_power_of_two(x, max_abs, num_bits, bounds=None, clip=0.0):
     """Symmetric fake quant with a power-of-two scale covering `max_abs` (bound / 2^(b-1)).
 
-    `bounds`: `power_of_two_bounds(max_abs, num_bits)` computed once outside a loop (optional).
+    `clip` > 0: `x` is clipped to +-clip first (the converter's CellClip). The gradient of clip and
+    fake quant together is one straight-through mask, the values that differentiating both ops
+    gives, in a third of the ops: a recurrent loop runs it once per step.
+    `bounds`: `power_of_two_bounds(max_abs, num_bits, clip)` computed once outside a loop (optional).
     """
-    lo, top = bounds if bounds is not None else power_of_two_bounds(max_abs, num_bits)
-    return tf.quantization.fake_quant_with_min_max_vars(x, lo, top, num_bits=num_bits)
+    lo, top, pass_lo, pass_top = bounds if bounds is not None else power_of_two_bounds(max_abs, num_bits, clip)
+
+    @tf.custom_gradient
+    def fake_quant(v):
+        clipped = tf.clip_by_value(v, -clip, clip) if clip else v
+        quantized = tf.quantization.fake_quant_with_min_max_vars(clipped, lo, top, num_bits=num_bits)
+
+        def grad(dy):
+            return dy * tf.cast((v >= pass_lo) & (v <= pass_top), dy.dtype)
+
+        return quantized, grad
+
+    return fake_quant(x)

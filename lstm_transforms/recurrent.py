@@ -5,10 +5,14 @@ stock tf-keras layers (same weights, same config plus ``quant_*`` keys). In full
 run the per-step loop (the fused backend function hard-codes float sigmoid/tanh and would ignore
 every activation quantization point); in weights-only mode LSTM/GRU keep the fused function.
 
-While training, each step also emits the unquantized value of every learned-range quantization
-point of every quantized cell (stacked cells included) next to its output; after the loop they are
-reduced over batch and time and folded into the cells' moving-average ranges. No variable is written inside
-the loop, so this works unchanged under ``tf.distribute`` strategies.
+While training, the loop carries one more state: per batch row, the running minimum and maximum
+over the steps so far of the unquantized value of every learned-range quantization point (each
+cell's ``STATISTICS``; stacked cells included). After the loop they are reduced over the batch and
+folded into the cells' moving-average ranges: statistics over every step, at the cost of a few
+per-row reductions per step, with no per-step tensors kept. Masked steps are skipped like every
+state update; the zeros the stock loop outputs at some masked steps, which its statistics used to
+include, are added back (`_rows_given_zero_outputs`). No variable is written inside the loop, so
+this works unchanged under ``tf.distribute`` strategies.
 
 Inside a quantize wrapper the range updates wait until the wrapped layer's call has finished
 (`deferred_range_updates`): an update of a mirrored variable is a cross-replica merge point, where
@@ -49,8 +53,8 @@ def deferred_range_updates():
         yield
     finally:
         _pending.updates = outer
-    for layout, stats, training in queued:
-        _QuantizedLoopMixin._fold_statistics(layout, stats, training)
+    for extremes, training in queued:
+        _QuantizedLoopMixin._fold_statistics(extremes, training)
 
 
 def _static(flag):
@@ -100,19 +104,11 @@ class _QuantizedLoopMixin:
             training = backend.learning_phase()
         collect = _static(training)
         collect = True if collect is None else bool(collect)
-        for cell in cells:  # range bounds: once per call, not once per step
-            cell.freeze_bounds(True)
-        try:
-            if not collect:
-                return keras.layers.RNN.call(
-                    self, inputs, mask=mask, training=training, initial_state=initial_state, constants=constants
-                )
-            return self._call_collecting(cells, inputs, mask, training, initial_state, constants)
-        finally:
-            for cell in cells:
-                cell.freeze_bounds(False)
+        with _frozen_bounds(cells):
+            return self._call_quantized(cells, collect, inputs, mask, training, initial_state, constants)
 
-    def _call_collecting(self, cells, inputs, mask, training, initial_state, constants):
+    def _call_quantized(self, cells, collect, inputs, mask, training, initial_state, constants):
+        """tf-keras `RNN.call` and, if `collect`, the range statistics of every step."""
         inputs, row_lengths = backend.convert_inputs_if_ragged(inputs)
         is_ragged_input = row_lengths is not None
         self._validate_args_if_ragged(is_ragged_input, mask)
@@ -123,17 +119,26 @@ class _QuantizedLoopMixin:
                 self._maybe_reset_cell_dropout_mask(cell)
         if mask is not None:
             mask = tf.nest.flatten(mask)[0]
-        timesteps = backend.int_shape(inputs)[0 if self.time_major else 1]
+        timesteps = backend.int_shape(tf.nest.flatten(inputs)[0])[0 if self.time_major else 1]
         kwargs = {"training": training} if generic_utils.has_arg(self.cell.call, "training") else {}
-        layout = []  # (cell, key) of every statistics column, fixed by the first trace of the step
+        is_tf_rnn_cell = getattr(self.cell, "_is_tf_rnn_cell", None) is not None
+        # (cell, statistic) of each pair of columns (-min, max) of the extremes state.
+        layout = [(cell, key) for cell in cells for key in cell.STATISTICS] if collect else []
+        if layout:
+            batch = tf.shape(tf.nest.flatten(initial_state)[0])[0]
+            initial_state = list(initial_state) + [tf.fill([batch, 2 * len(layout)], -float("inf"))]
 
         def step(step_inputs, states):
-            sink = []
+            if constants:
+                states, consts = states[: -self._num_constants], states[-self._num_constants :]
+            if layout:
+                states, extremes = states[:-1], states[-1]
+            sink = [] if layout else None
             for cell in cells:
                 cell.collect_statistics(sink)
             try:
+                states = states[0] if len(states) == 1 and is_tf_rnn_cell else states
                 if constants:
-                    consts, states = states[-self._num_constants :], states[: -self._num_constants]
                     output, new_states = self.cell(step_inputs, states, constants=consts, **kwargs)
                 else:
                     output, new_states = self.cell(step_inputs, states, **kwargs)
@@ -142,8 +147,9 @@ class _QuantizedLoopMixin:
                     cell.collect_statistics(None)
             if not tf.nest.is_nested(new_states):
                 new_states = [new_states]
-            layout[:] = [(cell, key, value.shape[-1]) for cell, key, value in sink]
-            return tf.concat([output] + [tf.cast(value, output.dtype) for _, _, value in sink], axis=-1), new_states
+            if layout:
+                new_states = list(new_states) + [tf.maximum(extremes, _row_extremes(layout, sink))]
+            return output, new_states
 
         last_output, outputs, states = backend.rnn(
             step,
@@ -156,16 +162,15 @@ class _QuantizedLoopMixin:
             input_length=row_lengths if row_lengths is not None else timesteps,
             time_major=self.time_major,
             zero_output_for_mask=self.zero_output_for_mask,
-            return_all_outputs=True,
+            return_all_outputs=self.return_sequences,
         )
-        width = sum(columns for _, _, columns in layout)
-        stats = outputs[..., -width:]
-        outputs, last_output = outputs[..., :-width], last_output[..., :-width]
-        queued = getattr(_pending, "updates", None)
-        if queued is None:
-            self._fold_statistics(layout, stats, training)
-        else:
-            queued.append((layout, stats, training))
+        if layout:
+            states, extremes = list(states[:-1]), states[-1]
+            padded_length = tf.shape(tf.nest.flatten(inputs)[0])[0 if self.time_major else 1]
+            zeros = self._rows_given_zero_outputs(mask, row_lengths, padded_length)
+            if zeros is not None:
+                extremes = tf.where(zeros[:, None], tf.maximum(extremes, 0.0), extremes)
+            self._queue_statistics(layout, tf.reduce_max(extremes, axis=0), training)
 
         if self.stateful:
             updates = [
@@ -184,15 +189,42 @@ class _QuantizedLoopMixin:
             return generic_utils.to_list(output) + states
         return output
 
-    @staticmethod
-    def _fold_statistics(layout, stats, training):
-        per_cell, start = {}, 0
-        for cell, key, columns in layout:
-            per_cell.setdefault(cell, {})[key] = stats[..., start : start + columns]
-            start += columns
+    def _rows_given_zero_outputs(self, mask, row_lengths, padded_length):
+        """Per batch row, whether `backend.rnn` outputs zeros at one of its masked steps: at all of
+        them with `zero_output_for_mask`, else at those before the row's first unmasked step (the
+        loop repeats the previous output, zeros at first). The statistics of the stock outputs
+        included these zeros. None without masking."""
+        if mask is not None:
+            kept = tf.cast(mask, tf.bool)
+            kept = tf.reshape(kept, tf.shape(kept)[:2])
+            kept = kept if self.time_major else tf.transpose(kept)  # (time, batch)
+            first_kept = kept[-1] if self.go_backwards else kept[0]
+            any_masked = tf.reduce_any(tf.logical_not(kept), axis=0)
+        elif row_lengths is not None:  # ragged input: `backend.rnn` masks with the row lengths
+            longest = tf.reduce_max(row_lengths) if self.go_backwards else tf.cast(padded_length, row_lengths.dtype)
+            first_kept = row_lengths >= longest if self.go_backwards else row_lengths > 0
+            any_masked = row_lengths < longest
+        else:
+            return None
+        return any_masked if self.zero_output_for_mask else tf.logical_not(first_kept)
 
+    @staticmethod
+    def _queue_statistics(layout, extremes, training):
+        """Fold the batch's extremes (`extremes`: -min, max of each statistic in `layout`) into the
+        ranges now, or when the enclosing `deferred_range_updates` block ends."""
+        per_cell = {}
+        for k, (cell, key) in enumerate(layout):
+            per_cell.setdefault(cell, {})[key] = (-extremes[2 * k], extremes[2 * k + 1])
+        queued = getattr(_pending, "updates", None)
+        if queued is None:
+            _QuantizedLoopMixin._fold_statistics(per_cell, training)
+        else:
+            queued.append((per_cell, training))
+
+    @staticmethod
+    def _fold_statistics(extremes, training):
         def update():
-            ops = [op for cell, batch in per_cell.items() for op in cell.observe(batch)]
+            ops = [op for cell, batch in extremes.items() for op in cell.observe(batch)]
             with tf.control_dependencies(ops):
                 return tf.constant(True)
 
@@ -200,6 +232,35 @@ class _QuantizedLoopMixin:
             tf.cond(tf.cast(training, tf.bool), update, lambda: tf.constant(False))
         else:
             update()
+
+
+def _row_extremes(layout, sink):
+    """(batch, 2 * len(layout)): -min and max over the last axis of each statistic of one step,
+    in `layout` order (no gradient)."""
+    found = {(cell, key): value for cell, key, value in sink}
+    if len(found) != len(sink) or set(found) != set(layout):
+        reported = [(cell.name, key) for cell, key, _ in sink]
+        expected = [(cell.name, key) for cell, key in layout]
+        raise RuntimeError(
+            f"A quantized step reported the statistics {reported}, expected {expected} (its cells' STATISTICS)."
+        )
+    columns = []
+    for cell_key in layout:
+        value = tf.cast(found[cell_key], tf.float32)
+        columns += [-tf.reduce_min(value, axis=-1, keepdims=True), tf.reduce_max(value, axis=-1, keepdims=True)]
+    return tf.stop_gradient(tf.concat(columns, axis=-1))
+
+
+@contextlib.contextmanager
+def _frozen_bounds(cells):
+    """Range bounds computed once per call, not once per step."""
+    for cell in cells:
+        cell.freeze_bounds(True)
+    try:
+        yield
+    finally:
+        for cell in cells:
+            cell.freeze_bounds(False)
 
 
 class QuantizedLSTM(_QuantizedLoopMixin, keras.layers.LSTM):

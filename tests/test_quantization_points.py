@@ -122,3 +122,19 @@ def test_ranges_learn_over_every_time_step_not_only_the_last():
     assert abs(seq.max() - 6.0) > 1.0  # far from the initial range [-6, 6] of a ReLU cell
     # The learned max is the max of h over every step (up to the int8 quantization of the inputs).
     assert cell.quant_output_max.numpy() == pytest.approx(seq.max(), rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "layer_class,dropout",
+    [
+        (lt.QuantizedLSTM, {"dropout": 0.5}),
+        (lt.QuantizedLSTM, {"recurrent_dropout": 0.5}),
+        (lt.QuantizedGRU, {"dropout": 0.5}),
+        (lt.QuantizedGRU, {"recurrent_dropout": 0.5}),
+    ],
+)
+def test_dropout_draws_one_mask_per_sample(layer_class, dropout):
+    # Identical samples: only per-sample dropout masks can make their outputs differ.
+    x = np.repeat(_x()[:1], 6, axis=0)
+    y = layer_class(8, return_sequences=True, **dropout)(x, training=True).numpy()
+    assert all(_differs(y[0], y[k]) for k in range(1, len(y)))

@@ -1,0 +1,174 @@
+"""The quantized recurrent layers compute the values recorded in `tests/data/qat_reference.npz`.
+
+The reference holds, for fixed weights, ranges and inputs: the inference output, the training-mode
+output, the learned ranges after one training-mode call, and the gradients of a fixed loss with
+respect to the input and every weight, for LSTM, GRU (both `reset_after`), SimpleRNN and
+`RNN(StackedRNNCells)`, with padded (masked) heads and tails, ragged inputs, `go_backwards`,
+`unroll`, `zero_output_for_mask` and a masked Bidirectional LSTM: every way the loop's masking can
+add the zeros of padded steps to the learned ranges. It was recorded from the loop and cells before their
+speed-ups (recorded with ``python -m tests.test_qat_reference --write`` at commit a144f5c); a change
+to the loop or the cells must keep every value within float round-off (on the machine that recorded
+it, the speed-ups of the loop and the LSTM cell kept every value bit for bit).
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import lstm_transforms as lt
+from lstm_transforms._keras import keras, tf
+from lstm_transforms.walk import cells_of
+
+L = keras.layers
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "qat_reference.npz")
+BATCH, T, F, UNITS = 4, 9, 5, 8
+
+PADDED_TAIL = ("lstm_masked", "bidirectional_masked", "simple_rnn_zero_output", "positive_rnn_masked_tail",
+               "positive_lstm_zero_output")
+PADDED_HEAD = ("lstm_prepadded", "lstm_unrolled_masked", "simple_rnn_zero_output", "positive_rnn_prepadded")
+PADDED = PADDED_TAIL + PADDED_HEAD
+RAGGED = ("lstm_ragged", "gru_ragged_backwards", "positive_gru_ragged", "positive_gru_ragged_backwards")
+CASES = {
+    "lstm": lambda: L.LSTM(UNITS, return_sequences=True),
+    "lstm_masked": lambda: L.LSTM(UNITS, return_sequences=True),
+    "lstm_prepadded": lambda: L.LSTM(UNITS, return_sequences=True),
+    "lstm_backwards_state": lambda: L.LSTM(UNITS, go_backwards=True, return_state=True),
+    "lstm_unrolled_last": lambda: L.LSTM(UNITS, unroll=True),
+    "lstm_unrolled_masked": lambda: L.LSTM(UNITS, unroll=True, return_sequences=True),
+    "lstm_ragged": lambda: lt.QuantizedLSTM(UNITS, return_sequences=True),
+    "lstm_clipped": lambda: L.LSTM(UNITS, return_sequences=True),
+    "bidirectional_masked": lambda: L.Bidirectional(L.LSTM(UNITS, return_sequences=True)),
+    "gru": lambda: L.GRU(UNITS, return_sequences=True),
+    "gru_reset_before": lambda: L.GRU(UNITS, return_sequences=True, reset_after=False),
+    "gru_ragged_backwards": lambda: lt.QuantizedGRU(UNITS, go_backwards=True),
+    "simple_rnn": lambda: L.SimpleRNN(UNITS, return_sequences=True),
+    "simple_rnn_zero_output": lambda: L.SimpleRNN(UNITS, return_sequences=True, zero_output_for_mask=True),
+    # Outputs that never reach 0: whether the zeros of padded steps enter the ranges shows.
+    "positive_rnn_masked_tail": lambda: L.SimpleRNN(UNITS, activation="sigmoid", return_sequences=True),
+    "positive_rnn_prepadded": lambda: L.SimpleRNN(UNITS, activation="sigmoid", return_sequences=True),
+    "positive_lstm_zero_output": lambda: L.LSTM(
+        UNITS, activation="sigmoid", return_sequences=True, zero_output_for_mask=True
+    ),
+    "positive_gru_ragged": lambda: lt.QuantizedGRU(UNITS, activation="sigmoid", return_sequences=True),
+    "positive_gru_ragged_backwards": lambda: lt.QuantizedGRU(UNITS, activation="sigmoid", go_backwards=True),
+    "stacked": lambda: L.RNN(
+        L.StackedRNNCells([L.LSTMCell(UNITS), L.GRUCell(UNITS), L.SimpleRNNCell(UNITS)]), return_sequences=True
+    ),
+}
+# Learned ranges narrower than the values, so that the fake quant clamps some of them.
+RANGES = {"quant_output_min": -0.45, "quant_output_max": 0.55, "quant_cell_max_abs": 0.7, "quant_observed": 1.0}
+ROW_LENGTHS = [9, 5, 7, 2]
+# A cell clip inside the cell-state range, so that both the clip and the fake quant act.
+CLIPPED = {"lstm_clipped": ({"cell_clip": 1.5}, {"quant_cell_max_abs": 3.0})}
+
+
+def _inputs(name):
+    x = np.random.default_rng(11).standard_normal((BATCH, T, F)).astype("float32") * 1.5
+    if name in PADDED_TAIL:
+        x[1, 6:] = 0.0  # padded tail, skipped through the Masking layer
+        x[3, 3:] = 0.0
+    if name in PADDED_HEAD:
+        x[0, :4] = 0.0  # padded head: the masked first steps output zeros
+        x[2, :1] = 0.0
+    if name in RAGGED:
+        return np.concatenate([x[row, :length] for row, length in enumerate(ROW_LENGTHS)])
+    return x
+
+
+def _as_model_input(name, values):
+    return tf.RaggedTensor.from_row_lengths(values, ROW_LENGTHS) if name in RAGGED else values
+
+
+def _qat_model(name):
+    inputs = keras.Input((None, F), ragged=True) if name in RAGGED else keras.Input((T, F))
+    h = L.Masking(0.0)(inputs) if name in PADDED else inputs
+    out = CASES[name]()(h)
+    model = keras.Model(inputs, out)
+    rng = np.random.default_rng(5)
+    model.set_weights([rng.uniform(-0.9, 0.9, w.shape).astype("float32") for w in model.get_weights()])
+    if name in CLIPPED:  # input and forget gates open: c accumulates past the clip
+        kernel, recurrent_kernel, bias = model.layers[-1].get_weights()
+        bias[: 2 * UNITS] += 3.0
+        model.layers[-1].set_weights([kernel, recurrent_kernel, bias])
+    # tfmot cannot quantize a model with a ragged input: the quantized layer runs on its own there
+    # (float weights, quantized activations).
+    scheme, ranges = CLIPPED.get(name, ({}, {}))
+    qat = model if name in RAGGED else lt.quantize_model(model, scheme=lt.RNNQuantizeScheme(**scheme))
+    cells = [c for layer in qat.layers for c in cells_of(layer) if hasattr(c, "quant_output_min")]
+    assert cells, name
+    for cell in cells:
+        for attr, value in {**RANGES, **ranges}.items():
+            if hasattr(cell, attr):
+                getattr(cell, attr).assign(value)
+    return qat, cells
+
+
+def _flat(y):
+    y = y if isinstance(y, (list, tuple)) else [y]
+    return [t.flat_values if isinstance(t, tf.RaggedTensor) else t for t in y]
+
+
+def compute(name):
+    """{key: array} of everything the reference pins for one case."""
+    qat, cells = _qat_model(name)
+    x = tf.constant(_inputs(name))
+    values = {}
+    for k, y in enumerate(_flat(qat(_as_model_input(name, x), training=False))):
+        values[f"infer_{k}"] = np.asarray(y)
+    weights = qat.trainable_weights
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = _flat(qat(_as_model_input(name, x), training=True))
+        probe = np.random.default_rng(2)
+        loss = tf.add_n(
+            [tf.reduce_sum(o * probe.standard_normal(o.shape[1:]).astype("float32")) for o in outputs]
+        )
+    grads = tape.gradient(loss, [x] + weights)
+    for k, y in enumerate(outputs):
+        values[f"train_{k}"] = np.asarray(y)
+    values["grad_input"] = np.asarray(tf.convert_to_tensor(grads[0]))  # dense, also for ragged inputs
+    for k, (w, g) in enumerate(zip(weights, grads[1:])):
+        values[f"grad_{k}_{w.name.split('/')[-1].split(':')[0]}"] = np.asarray(g)
+    for k, cell in enumerate(cells):
+        for attr in RANGES:
+            if hasattr(cell, attr):
+                values[f"range_{k}_{attr}"] = getattr(cell, attr).numpy()
+    return values
+
+
+def _reference():
+    if not os.path.exists(REFERENCE):
+        pytest.fail(f"{REFERENCE} is missing (it is part of the repository)")
+    stored = np.load(REFERENCE)
+    return {key: stored[key] for key in stored.files}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_qat_values_match_the_reference(name):
+    reference = {k.split("/", 1)[1]: v for k, v in _reference().items() if k.startswith(name + "/")}
+    assert reference, f"no reference values for {name}"
+    values = compute(name)
+    assert sorted(values) == sorted(reference)
+    for key, expected in reference.items():
+        if key.startswith("range_"):  # a batch extreme moves a range by 1% of itself: compare tightly
+            np.testing.assert_allclose(values[key], expected, rtol=0, atol=1e-7, err_msg=f"{name}: {key}")
+        else:
+            np.testing.assert_allclose(values[key], expected, rtol=1e-5, atol=1e-6, err_msg=f"{name}: {key}")
+
+
+def _write():
+    tf.random.set_seed(0)
+    stored = {}
+    for name in sorted(CASES):
+        for key, value in compute(name).items():
+            stored[f"{name}/{key}"] = value
+        keras.backend.clear_session()
+    os.makedirs(os.path.dirname(REFERENCE), exist_ok=True)
+    np.savez_compressed(REFERENCE, **stored)
+    print(f"wrote {len(stored)} arrays to {REFERENCE}")
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    _write()
