@@ -173,8 +173,9 @@ def _shares_scale_with_recurrent(model, layer, depth=0):
     return False
 
 
-def _feeds_concatenation(model, layer, depth=0):
-    """Whether `layer`'s output reaches a Concatenate directly or through single-input scale-sharing layers."""
+def _reaches(model, layer, is_target, depth=0):
+    """Whether `layer`'s output reaches a layer for which `is_target(layer)` holds, directly or
+    through scale-sharing layers (only calls that belong to `model` count)."""
     if depth > 50:
         return False
     members = {id(node) for other in model.layers for node in _graph.nodes(model, other)}
@@ -182,25 +183,18 @@ def _feeds_concatenation(model, layer, depth=0):
         if id(node) not in members:
             continue
         out = node.outbound_layer
-        name = type(_graph.inner(out)).__name__
-        if name == "Concatenate":
+        if is_target(out):
             return True
-        if name in _SCALE_SHARING and _feeds_concatenation(model, out, depth + 1):
+        if type(_graph.inner(out)).__name__ in _SCALE_SHARING and _reaches(model, out, is_target, depth + 1):
             return True
     return False
 
 
-def feeds_recurrent(model, layer, depth=0):
+def _feeds_concatenation(model, layer):
+    """Whether `layer`'s output reaches a Concatenate directly or through scale-sharing layers."""
+    return _reaches(model, layer, lambda out: type(_graph.inner(out)).__name__ == "Concatenate")
+
+
+def feeds_recurrent(model, layer):
     """Whether `layer`'s output reaches a recurrent layer directly or through scale-sharing layers."""
-    if depth > 50:
-        return False
-    members = {id(node) for other in model.layers for node in _graph.nodes(model, other)}
-    for node in layer._outbound_nodes:
-        if id(node) not in members:
-            continue
-        out = node.outbound_layer
-        if _graph.is_recurrent(out):
-            return True
-        if type(_graph.inner(out)).__name__ in _SCALE_SHARING and feeds_recurrent(model, out, depth + 1):
-            return True
-    return False
+    return _reaches(model, layer, _graph.is_recurrent)
