@@ -75,13 +75,3 @@ def test_question_model_classes_agree(question):
     qat, x, fb = question
     agreement = np.mean(tflite_utils.predict(fb, x).argmax(-1) == qat.predict(x, verbose=0).argmax(-1))
     assert agreement >= 0.99, agreement
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["lstm", "question"])
-def test_japanese_vowels_int8_matches_qat_and_float(arch):
-    r = _example().run(arch, seed=0)
-    assert r["fused_lstm"] == 1 and r["while"] == 0
-    assert r["int8"] >= r["float"] - 0.01, r
-    assert r["agreement"] >= 0.99, r
-    assert r["bytes_int8"] <= 0.35 * r["bytes_float"], r

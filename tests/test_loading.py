@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import keras
@@ -137,6 +138,9 @@ def test_cli_inspect_a_keras3_file(tmp_path, capsys):
     _keras3_model().save(path)
     assert cli.main(["inspect", path]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[2] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+    rows = {line.split()[0]: line.split()[2].rstrip(";") for line in out.splitlines()[1:]
+            if line and not line.startswith(" ")}
     assert rows["bidi"] == "quantized" and rows["gru"] == "quantized", out
     assert rows["conv"] == "quantized" and rows["out"] == "quantized", out
+    assert re.search(r"^bidi +Bidirectional\(LSTM\) +quantized; deploys: fused$", out, re.M), out
+    assert re.search(r"^gru +GRU +quantized; deploys: unrolled$", out, re.M), out
