@@ -135,6 +135,23 @@ def test_low_bit_weights_land_on_their_grid():
         assert len(np.unique(got["int8"])) <= 2 ** 4, gate
 
 
+def test_bidirectional_lstm_keeps_two_fused_ops_with_the_qat_codes():
+    keras.utils.set_random_seed(2)
+    x, y = _data()
+    i = keras.Input((T, F))
+    qat = _qat(keras.Model(i, L.Dense(CLASSES, activation="softmax")(L.Bidirectional(L.LSTM(8))(i))), x, y)
+    fb = export_tflite(qat, mode="dynamic")
+    assert tflite_utils.op_names(fb).count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2 and float_weights(fb) == []
+    expected = {d: np.split(_qat_weight(qat, f"{d}_lstm/lstm_cell/recurrent_kernel"), 4, axis=1)
+                for d in ("forward", "backward")}
+    for gates in tflite_utils.lstm_gate_weights(fb):  # each fused op matched to its direction by its weights
+        blocks = min(expected.values(), key=lambda b: np.abs(b[0] - gates["recurrent_to_input"]["value"]).max())
+        for k, gate in enumerate(tflite_utils.KERAS_GATE_ORDER):
+            got = gates["recurrent_to_" + gate]
+            _assert_on_grid(got["int8"], got["scale"], blocks[k], gate)
+    assert np.abs(tflite_utils.predict(fb, x) - _weights_only(qat, x)).max() < 0.005
+
+
 def test_gru_exports_unrolled_with_int8_weights_and_runs():
     keras.utils.set_random_seed(5)
     x, y = _data()

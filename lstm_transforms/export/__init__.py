@@ -114,7 +114,7 @@ def _export_dynamic(qat_model, *, int8_io, activations, timeout):
                          weight_grids=baked.weight_grids, report=report)
     if report.get("off_grid"):
         warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} could not be stored on their QAT grid; "
-                      "they are stored as the converter rounded them.", ExportWarning, stacklevel=3)
+                      "they are stored rounded to a max-abs / 127 scale.", ExportWarning, stacklevel=3)
     verify_weights_only(flatbuffer, model_plan)  # 4. verify
     return flatbuffer
 
