@@ -7,13 +7,13 @@ their float input on the fly (per batch row) and compute int8 x int8 -> int32, s
 activations stay float.
 
 Why not the converter's own dynamic-range mode (`optimizations=[DEFAULT]`, no representative
-data), measured in TF 2.21: it leaves every weight tensor under 1024 elements in float (LSTM(64)
-with 12 features: its 64x12 input matrices, and with them the whole LSTM), it gives the four
-input-to-gate matrices of a fused LSTM one common scale (QAT has one per gate), and it quantizes
-Dense kernels per output channel (tfmot: per tensor). Here each LSTM gate matrix is its own tensor
-with its own scale, so the QAT weights (fake-quantized, max-abs scale per gate / per Dense tensor,
-8 bits) land exactly on their codes; coarser grids (low-bit, stale tfmot ranges) are put on their
-QAT grid afterwards by `_flatbuffer.regrid_weights`.
+data), measured in TF 2.21: it quantizes each LSTM gate matrix as its own tensor with its own
+max-abs scale, as here, but leaves every weight tensor under 1024 elements in float (LSTM(64) with
+12 features: its 64x12 input matrices, and with them the whole LSTM; small Dense kernels), and it
+quantizes Dense kernels per output channel (tfmot: per tensor). Here every such weight is int8, so
+the QAT weights (fake-quantized, max-abs scale per gate / per Dense tensor, 8 bits) land exactly on
+their codes; coarser grids (low-bit, stale tfmot ranges) are put on their QAT grid afterwards by
+`_flatbuffer.regrid_weights`.
 
 Left in float32 (there is no hybrid kernel for them here, or they are not weights of a matmul):
 biases, CONV_2D / DEPTHWISE_CONV_2D filters, and any constant of another op.
