@@ -35,5 +35,6 @@ bench: setup
 	$(PY) benchmarks/bench_qat_speed.py
 	$(PY) benchmarks/bench_rewrite.py
 	$(PY) benchmarks/bench_export.py
+	$(PY) benchmarks/bench_deploy_latency.py
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_memory.py

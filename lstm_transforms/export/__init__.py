@@ -1,4 +1,4 @@
-"""QAT model -> fully-integer TFLite flatbuffer, in four stages called in order by `export_tflite`.
+"""QAT model -> fully-integer (or weights-only int8) TFLite flatbuffer, in four stages called in order by `export_tflite`.
 
 1. **plan** (`plan.py`): per layer, how it deploys (fused LSTM op, unrolled integer ops, integer
    op, ...); anything not deployable stops here with an `ExportError` naming the layer, the setting
@@ -26,6 +26,12 @@ float in QAT, weights-only QAT). Tensors TFLite gives one scale (CONCATENATION, 
 share the union of their ranges: e.g. the two directions of a `Bidirectional(merge_mode="concat")`.
 Inside the integer LSTM the gates are int16 on the fixed range [-1, 1), as QAT simulates them.
 With `activations="int16"` every activation range is calibrated.
+
+**mode="dynamic"** (for phone / server CPUs): the same plan and bake (no activation range kept), a
+float conversion, then the weights of every FULLY_CONNECTED and fused LSTM op stored int8, one
+max-abs scale per tensor (per LSTM gate matrix, per Dense kernel): the QAT weights exactly
+(`_hybrid.py`). Activations stay float; TFLite's hybrid kernels quantize their inputs on the fly.
+Verify: those weights int8, the plan's fused LSTMs present, no WHILE.
 """
 
 from __future__ import annotations
@@ -39,14 +45,21 @@ from lstm_transforms.export.convert import convert
 from lstm_transforms.export.deployed import FakeQuant
 from lstm_transforms.export.errors import ExportError, ExportWarning
 from lstm_transforms.export.plan import deployment_plan, plan
-from lstm_transforms.export.verify import verify
+from lstm_transforms.export.verify import verify, verify_weights_only
 
-__all__ = ["export_tflite", "plan", "convert", "baked_float_model", "ExportError", "ExportWarning", "FakeQuant"]
+__all__ = ["export_tflite", "MODES", "plan", "convert", "baked_float_model", "ExportError", "ExportWarning", "FakeQuant"]
+
+MODES = ("full", "dynamic")
 
 
-def export_tflite(qat_model, representative_dataset, *, int8_io=False, activations="int8", max_samples=None,
-                  timeout=600, progress=False):
-    """Export a QAT (or float) tf-keras model to a fully-integer TFLite flatbuffer; returns `bytes`.
+def export_tflite(qat_model, representative_dataset=None, *, mode="full", int8_io=False, activations="int8",
+                  max_samples=None, timeout=600, progress=False):
+    """Export a QAT (or float) tf-keras model to a TFLite flatbuffer; returns `bytes`.
+
+    `mode="full"` (default): fully integer, for MCUs and NPUs. `mode="dynamic"`: int8 weights (the
+    QAT weights exactly, one scale per LSTM gate matrix and per Dense kernel), float activations,
+    fused LSTM kept: TFLite's hybrid kernels, for phone and server CPUs; it needs no
+    `representative_dataset` (ignored if given) and takes neither `int8_io` nor `activations`.
 
     `representative_dataset`: a numpy array (samples on axis 0), a list of arrays (one per model
     input), or a generator function in TFLite's convention; it calibrates the ranges QAT did not
@@ -61,6 +74,10 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, activatio
     (`ExportWarning`) for each QAT setting the flatbuffer cannot hold exactly.
     """
     check_model(qat_model, "qat_model")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "dynamic":
+        return _export_dynamic(qat_model, int8_io=int8_io, activations=activations, timeout=timeout)
     if representative_dataset is None:
         raise ValueError("export_tflite needs a representative_dataset to calibrate activation ranges.")
     model_plan = deployment_plan(qat_model, activations=activations)  # 1. plan
@@ -81,6 +98,24 @@ def export_tflite(qat_model, representative_dataset, *, int8_io=False, activatio
         warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} could not be stored on their QAT grid; "
                       "they are stored as the converter rounded them.", ExportWarning, stacklevel=2)
     verify(flatbuffer, model_plan, int8_io=int8_io)  # 4. verify
+    return flatbuffer
+
+
+def _export_dynamic(qat_model, *, int8_io, activations, timeout):
+    """mode="dynamic": plan, bake (QAT weights, no activation ranges), float convert + int8 weights, verify."""
+    if int8_io or activations != "int8":
+        raise ValueError('mode="dynamic" keeps float activations and float input/output: '
+                         'it takes neither int8_io=True nor activations="int16" (use mode="full").')
+    model_plan = deployment_plan(qat_model)  # 1. plan
+    raise_if_blocked(model_plan)
+    baked = bake(qat_model, model_plan, qat_ranges=False)  # 2. bake
+    report = {}
+    flatbuffer = convert(baked.model, weights_only=True, timeout=timeout,  # 3. convert
+                         weight_grids=baked.weight_grids, report=report)
+    if report.get("off_grid"):
+        warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} could not be stored on their QAT grid; "
+                      "they are stored rounded to a max-abs / 127 scale.", ExportWarning, stacklevel=3)
+    verify_weights_only(flatbuffer, model_plan)  # 4. verify
     return flatbuffer
 
 

@@ -11,6 +11,9 @@ again with the LSTM state reset before every sample (`_flatbuffer.measure_ranges
 calibrator carries it from one sample to the next), and the QAT ranges the converter cannot take
 from the graph are written into them (`_flatbuffer.set_calibration_ranges`). Afterwards, weights
 are put back on their QAT grid and biases re-expressed at input_scale * weight_scale.
+
+Weights-only conversion (`export_tflite(..., mode="dynamic")`) converts to float, stores the weights
+of the hybrid ops int8 (`_hybrid.quantize_weights`) and puts coarser grids back on their QAT grid.
 """
 
 import json
@@ -84,6 +87,12 @@ def _convert(workdir):
                 disable_per_channel_for_dense_layers=True)
         flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_weights(flatbuffer, grids)
         flatbuffer, report["bias_fixes"] = _flatbuffer.requantize_biases(flatbuffer)
+    elif options.get("weights_only"):
+        from lstm_transforms.export import _hybrid
+
+        flatbuffer, report["int8_weights"] = _hybrid.quantize_weights(converter.convert())
+        grids = _load_ranges(workdir, options)[3]
+        flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_weights(flatbuffer, grids)
     else:
         flatbuffer = converter.convert()
     with open(os.path.join(workdir, "report.json"), "w") as f:

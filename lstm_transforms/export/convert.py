@@ -29,12 +29,14 @@ __all__ = ["convert"]
 
 def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, progress=False,
             float_model=None, activations="int8", input_ranges=None, lstm_ranges=None, op_ranges=None,
-            named_ranges=None, weight_grids=None, report=None):
+            named_ranges=None, weight_grids=None, report=None, weights_only=False):
     """Convert a float tf-keras model to a TFLite flatbuffer (`bytes`) in a child process.
 
     With `representative_dataset`: post-training full-integer quantization (int8 weights, int32
     biases, int8 activations, int16 inside the integer LSTM; `activations="int16"`: 16x8); float
-    input/output unless `int8_io=True`. Without it: a float model. Inputs are fixed to batch 1.
+    input/output unless `int8_io=True`. Without it: a float model, or with `weights_only=True` float
+    activations and int8 weights for TFLite's hybrid kernels (`_hybrid.quantize_weights`; the
+    `weight_grids` apply). Inputs are fixed to batch 1.
     `input_ranges` ({input index: (lo, hi)}), `lstm_ranges` (`bake.LSTMRanges`), `op_ranges`
     (`bake.OpRange`) and `named_ranges` ({op name tag: (lo, hi)}) replace the calibrated statistics
     of those tensors; `weight_grids`
@@ -49,11 +51,14 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
         arrays = data_mod.arrays(representative_dataset, model, max_samples)
     elif int8_io:
         raise ValueError("int8_io=True needs a representative_dataset (full-int8 conversion).")
+    if weights_only and arrays is not None:
+        raise ValueError("weights_only=True quantizes weights only: pass no representative_dataset.")
     workdir = tempfile.mkdtemp(prefix="lstm_transforms_export_")
     try:
         specs = _input_specs(model)
         _save(model, specs, os.path.join(workdir, "saved_model"))
         options = {"int8": arrays is not None, "int8_io": bool(int8_io), "activations": activations,
+                   "weights_only": bool(weights_only),
                    "weight_grids": [list(g.kmax) for g in weight_grids or []],
                    "input_ranges": {specs[k].name: list(r) for k, r in (input_ranges or {}).items() if r},
                    "lstm_ranges": [_lstm_options(r) for r in lstm_ranges or []],

@@ -7,6 +7,10 @@ DEQUANTIZE to float). An integer-to-integer QUANTIZE (a requantization, where TF
 for tensors of different ranges, e.g. a TANH output concatenated with wider tensors) is integer and
 allowed; `requantizations` lists them. The child process has already loaded and run the flatbuffer
 once in the TFLite interpreter.
+
+`verify_weights_only` checks a `mode="dynamic"` flatbuffer instead: no `WHILE`, the plan's fused
+LSTM ops, and every weight of a FULLY_CONNECTED / UNIDIRECTIONAL_SEQUENCE_LSTM op int8
+(`float_weights` lists those that are not).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 from lstm_transforms.export.errors import ExportError
 from lstm_transforms.export.plan import FUSED
 
-__all__ = ["verify", "integer_violations", "requantizations"]
+__all__ = ["verify", "verify_weights_only", "integer_violations", "float_weights", "requantizations"]
 
 
 def integer_violations(flatbuffer, *, int8_io=False):
@@ -52,11 +56,42 @@ def requantizations(flatbuffer):
             if op["op_name"] == "QUANTIZE" and not _touches_float(op, details)]
 
 
-def verify(flatbuffer, model_plan, *, int8_io=False):
-    """Raise `ExportError` unless `flatbuffer` is fully integer and has the plan's fused LSTMs."""
+def float_weights(flatbuffer):
+    """Names of the constant weights of FULLY_CONNECTED / UNIDIRECTIONAL_SEQUENCE_LSTM ops that are not int8."""
+    from lstm_transforms import tflite_utils
+    from lstm_transforms.export._hybrid import HYBRID_WEIGHTS
+
+    it = tflite_utils.interpreter(flatbuffer, inspect=True)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    computed = {int(i) for op in ops for i in op["outputs"]} | {d["index"] for d in it.get_input_details()}
+    found = []
+    for op in ops:
+        for position in HYBRID_WEIGHTS.get(op["op_name"], ()):
+            if position < len(op["inputs"]) and op["inputs"][position] >= 0:
+                detail = details[int(op["inputs"][position])]
+                if detail["index"] not in computed and np.dtype(detail["dtype"]) != np.int8:
+                    found.append(detail["name"])
+    return list(dict.fromkeys(found))
+
+
+def verify_weights_only(flatbuffer, model_plan):
+    """Raise `ExportError` unless the hybrid ops' weights are int8, with the plan's fused LSTMs and no WHILE."""
     from lstm_transforms import tflite_utils
 
-    problems = integer_violations(flatbuffer, int8_io=int8_io)
+    problems = [f"WHILE loop ({n})" for n in [tflite_utils.op_names(flatbuffer).count("WHILE")] if n]
+    problems += [f"float weight tensor '{name}'" for name in float_weights(flatbuffer)]
+    _raise_unless_fused(flatbuffer, model_plan, problems)
+
+
+def verify(flatbuffer, model_plan, *, int8_io=False):
+    """Raise `ExportError` unless `flatbuffer` is fully integer and has the plan's fused LSTMs."""
+    _raise_unless_fused(flatbuffer, model_plan, integer_violations(flatbuffer, int8_io=int8_io))
+
+
+def _raise_unless_fused(flatbuffer, model_plan, problems):
+    from lstm_transforms import tflite_utils
+
     fused_cells = len(model_plan.cells(FUSED))
     fused_ops = tflite_utils.op_names(flatbuffer).count("UNIDIRECTIONAL_SEQUENCE_LSTM")
     if fused_ops < fused_cells:
