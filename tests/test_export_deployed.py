@@ -79,14 +79,14 @@ def test_every_point_of_every_step_has_its_qat_range(exported):
             if op in FIXED:  # h of a tanh SimpleRNN: the TANH output, on its fixed grid
                 assert (scale, zero) == pytest.approx(FIXED[op]), (name, point, step)
                 continue
-            want_scale, lo = _expected(cell, point)
+            want_scale, lo = _expected(cell, "output" if point == "zero" else point)  # h(-1) = 0 on h's range
             assert scale == pytest.approx(want_scale, rel=1e-5), (name, point, step)
             assert (-128 - zero) * scale == pytest.approx(lo, abs=scale), (name, point, step)
         steps = {str(t) for t in range(T)}
         for point in cell.learned_points:
             want = {"all"} if point.startswith("input") else steps
             assert want <= seen.get(point, set()), (name, point, sorted(seen.get(point, ())))
-        assert "init" in seen["output"]  # the explicit zero state, on h's range
+        assert "init" in seen["zero"]  # the explicit zero state
 
 
 def test_no_tensor_of_an_unrolled_step_is_calibrated(exported):

@@ -96,6 +96,7 @@ def bake(model, model_plan, *, qat_ranges=True):
                 cell.tag = f"lt_h{len(named_ranges)}"
                 named_ranges[cell.tag] = cell.output_range
                 named_ranges.update({f"{cell.tag}_{point}": r for point, r in cell.ranges.items()})
+                named_ranges[f"{cell.tag}_zero"] = cell.output_range  # the explicit zero state of a GRU / SimpleRNN
             return DeployedRNN(spec, name=_graph.inner(layer).name)
         new = float_layer(layer)
         pairs.append((layer, new))

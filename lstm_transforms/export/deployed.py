@@ -17,8 +17,10 @@ graph the converter should see:
 * a GRU / SimpleRNN step is exactly the graph its QAT cell simulates (`cells.py`), and every
   intermediate is named after its quantization point: `{tag}_{point}_t{t}` (input projections:
   `{tag}_input_<gate>_tall`), so each gets the cell's learned range of that point at every step.
-  They start from an explicit zero state `{tag}_tinit` (the first projection minus itself, on h's range),
-  so that step 0 runs the same ops as every other step;
+  They start from an explicit zero state `{tag}_zero_tinit` (the first projection minus itself, on h's
+  range), so that step 0 runs the same ops as every other step. Without QAT ranges (a float model,
+  `activations="int16"`: no tag) step 0 skips the recurrent terms of the zero state instead (a
+  calibrated [0, 0] zero state breaks the next FULLY_CONNECTED);
 * `go_backwards` reverses the input once; `Bidirectional` runs both directions, reverses the
   backward sequence and merges (concat / sum / ave / mul / None) as Keras does;
 * the outputs are packed in the original layer's (possibly nested) output structure.
@@ -162,7 +164,7 @@ def _point(kind, gate):
 def _zero_state(projected, cell):
     """h = 0 as an op on h's range (the first projected step minus itself: a product with 0 would be
     folded into the next FULLY_CONNECTED's weights), so that step 0 runs every step op."""
-    return tf.math.subtract(projected, projected, name=f"{cell.tag}_tinit" if cell.tag else None)
+    return tf.math.subtract(projected, projected, name=f"{cell.tag}_zero_tinit")
 
 
 def _activate(a, b, fn, cell, point, t):
@@ -217,6 +219,8 @@ def unrolled_lstm(x, cell):
 
 def unrolled_gru(x, cell):
     """GRU steps (reset_after True or False) as `QuantizedGRUCell` simulates them: (outputs per step, [h])."""
+    if not cell.tag:
+        return _calibrated_gru(x, cell)
     act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
     bias = cell.bias
     input_bias, recurrent_bias = (bias[0], bias[1]) if bias is not None and cell.reset_after else (bias, None)
@@ -242,6 +246,8 @@ def unrolled_gru(x, cell):
 
 def unrolled_simple_rnn(x, cell):
     """SimpleRNN steps as `QuantizedSimpleRNNCell` simulates them: (outputs per step, [h])."""
+    if not cell.tag:
+        return _calibrated_simple_rnn(x, cell)
     act = _activation(cell.activation)
     name = _activation_name(act)
     (x_h,) = _projected_steps(x, cell, cell.bias, [""])
@@ -256,6 +262,50 @@ def unrolled_simple_rnn(x, cell):
         else:
             pre = tf.math.add(x_h[t], recurrent, name=_point_name(cell, "pre", t))
             h = _NAMED_ACTIVATIONS[name](pre, name=_h_name(cell, t)) if name in _NAMED_ACTIVATIONS else act(pre)
+        outputs.append(h)
+    return outputs, [h]
+
+
+def _calibrated_gru(x, cell):
+    """GRU steps without QAT ranges (every range calibrated): step 0 without the recurrent terms of its zero state."""
+    act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
+    bias = cell.bias
+    input_bias, recurrent_bias = (bias[0], bias[1]) if bias is not None and cell.reset_after else (bias, None)
+    b_z, b_r, b_h = cell.gate_blocks(recurrent_bias) if recurrent_bias is not None else (None, None, None)
+    reset_unused_at_start = not cell.reset_after or b_h is None  # r multiplies h @ U_h (+ b_h), 0 at step 0
+    x_z, x_r, x_h = _per_gate_steps(x, cell, input_bias, unused_at_start=(1,) if reset_unused_at_start else ())
+    u_z, u_r, u_h = cell.gate_blocks(cell.recurrent_kernel)
+    h = None
+    outputs = []
+    for t in range(len(x_z)):
+        if h is None:  # zero state: h @ U vanishes, the recurrent bias stays
+            rz, rr, rh = (None if b is None else tf.constant(b, tf.float32) for b in (b_z, b_r, b_h))
+        else:
+            rz, rr = _recurrent(h, u_z, b_z), _recurrent(h, u_r, b_r)
+            rh = _recurrent(h, u_h, b_h) if cell.reset_after else None
+        z = rec(x_z[t] if rz is None else x_z[t] + rz)
+        r = None if x_r[t] is None else rec(x_r[t] if rr is None else x_r[t] + rr)
+        if cell.reset_after:
+            pre = x_h[t] if rh is None else x_h[t] + r * rh
+        else:
+            pre = x_h[t] if h is None else x_h[t] + _recurrent(r * h, u_h)
+        hh = act(pre)
+        name = _h_name(cell, t)
+        h = tf.math.multiply(1.0 - z, hh, name=name) if h is None else tf.math.add(z * h, (1.0 - z) * hh, name=name)
+        outputs.append(h)
+    return outputs, [h]
+
+
+def _calibrated_simple_rnn(x, cell):
+    """SimpleRNN steps without QAT ranges: h = activation(x W + b + h U), step 0 without h U."""
+    act = _activation(cell.activation)
+    named = _NAMED_ACTIVATIONS.get(_activation_name(act))
+    (x_h,) = _per_gate_steps(x, cell, cell.bias)
+    h = None
+    outputs = []
+    for t in range(len(x_h)):
+        pre = x_h[t] if h is None else x_h[t] + _recurrent(h, cell.recurrent_kernel)
+        h = named(pre, name=_h_name(cell, t)) if named else act(pre)
         outputs.append(h)
     return outputs, [h]
 
