@@ -52,8 +52,8 @@ def test_japanese_vowels_unrolled_int8_is_what_qat_trained(arch):
     assert mean["int8"] >= mean["float"] - 0.005, (mean, runs)
     assert mean["agreement"] >= 0.995, (mean, runs)
     # Issue 9's per-layer bar, p99 <= 1 LSB, is not met by the recurrent layer yet (measured p99 4-6 LSB
-    # for GRU, 4-30 for SimpleRNN over 29 steps; the Dense head is within 0.12): a 1-LSB rounding
-    # difference inside a step (e.g. the int32 bias grid, which QAT does not simulate) feeds back
+    # for GRU, 4-30 for SimpleRNN over 29 steps; the Dense head is within 0.12): rare 1-LSB rounding
+    # differences inside a step (likely the int32 bias grid, which QAT does not simulate) feed back
     # through the recurrence.
     over = {(r["seed"], layer): p99 for r in runs for layer, (_, p99, _) in r["lsb"].items() if p99 > 1.0}
     if over:
