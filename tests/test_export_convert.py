@@ -15,7 +15,7 @@ import tensorflow_model_optimization as tfmot
 
 import lstm_transforms as lt
 from lstm_transforms import tflite_utils
-from lstm_transforms._keras import keras
+from lstm_transforms._keras import keras, tf
 from lstm_transforms.export import ExportError, ExportWarning, convert, export_tflite
 from lstm_transforms import data as data_mod
 from lstm_transforms.export.verify import integer_violations, requantizations
