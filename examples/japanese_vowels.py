@@ -5,9 +5,10 @@
     python examples/japanese_vowels.py --seeds 0 1 2   # several seeds: mean and spread per column
 
 Data: the UEA JapaneseVowels set shipped with the package (270 train / 370 test sequences, 12 LPC
-channels, pre-padded to 29 frames, 9 speakers). Two architectures:
+channels, pre-padded to 29 frames, 9 speakers). Architectures:
 
 * `lstm`: Input(29, 12) -> LSTM(64) -> Dense(9, softmax).
+* `gru`, `simple_rnn`: the same with GRU(64) / SimpleRNN(64), deployed as unrolled int8 steps.
 * `question`: the model of the original question, exactly as written (Conv2D(1, (5, 1)) + ReLU,
   BatchNormalization, a Python `Lambda` squeeze, LSTM(64, return_sequences=True), Flatten,
   Dense(64, relu), Dense(12, softmax)), with the (T, F) sequence fed as a (29, 12, 1) image.
@@ -54,6 +55,16 @@ def lstm_model():
     return keras.Model(i, o, name="jv_lstm")
 
 
+def gru_model():
+    i = keras.Input(shape=(29, 12))
+    return keras.Model(i, L.Dense(9, activation="softmax")(L.GRU(64)(i)), name="jv_gru")
+
+
+def simple_rnn_model():
+    i = keras.Input(shape=(29, 12))
+    return keras.Model(i, L.Dense(9, activation="softmax")(L.SimpleRNN(64)(i)), name="jv_simple_rnn")
+
+
 def question_model():
     """The original question's model, as written; only the input shape is the data's (T, F, 1)."""
     K = keras.backend
@@ -80,11 +91,14 @@ class Recipe:
     # keeps that (15 epochs at 1/10 of the float rate lost 0.3 points on some seeds).
     qat_epochs: int = 10
     qat_lr: float = 3e-5
+    fused_lstm: int = 1  # UNIDIRECTIONAL_SEQUENCE_LSTM ops the export must hold
 
 
 RECIPES = {
     "lstm": Recipe(lstm_model, lambda x: x, float_epochs=60, float_lr=3e-3),
     "question": Recipe(question_model, lambda x: x[..., None], float_epochs=60, float_lr=2e-3),
+    "gru": Recipe(gru_model, lambda x: x, float_epochs=60, float_lr=3e-3, fused_lstm=0),
+    "simple_rnn": Recipe(simple_rnn_model, lambda x: x, float_epochs=60, float_lr=1e-3, fused_lstm=0),
 }
 
 
@@ -121,11 +135,12 @@ def keras_accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, batch_size=128, verbose=0), -1) == y))
 
 
-def run(arch, seed, *, baselines=True, progress=True):
+def run(arch, seed, *, baselines=True, progress=True, compare=False):
     """Train, quantize, fine-tune and export one architecture; returns a dict of measurements.
 
     `baselines=False` skips the float TFLite and stock post-training int8 conversions (the tests'
-    multi-seed runs only need the QAT path).
+    multi-seed runs only need the QAT path). `compare=True` adds `lsb`: per layer, (mean, p99, max)
+    of the flatbuffer against the QAT model in LSBs (`lstm_transforms.compare` on the test set).
     """
     recipe = RECIPES[arch]
     say = print if progress else (lambda *a, **k: None)
@@ -165,18 +180,24 @@ def run(arch, seed, *, baselines=True, progress=True):
         agreement=float(np.mean(np.argmax(int8_probs, -1) == np.argmax(qat_probs, -1))),
         bytes_int8=len(fb_qat),
         fused_lstm=ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM"),
+        fused_expected=recipe.fused_lstm,
         while_ops=ops.count("WHILE"),
         float_islands=len(tflite_utils.float_islands(fb_qat)),
         seconds=time.time() - t0,
     )
+    if compare:
+        report = lstm_transforms.compare(qat_model, fb_qat, x_test)
+        result["lsb"] = {row.layer: (row.mean, row.p99, row.max) for row in report.layers}
     return result
 
 
 def problems(result):
     """What is broken in one run (not noise): a missing fused op, float left inside, a collapsed model."""
     found = []
-    if result["fused_lstm"] != 1 or result["while_ops"]:
-        found.append(f"expected one fused LSTM op and no WHILE, got {result['fused_lstm']} and {result['while_ops']}")
+    expected = result.get("fused_expected", 1)
+    if result["fused_lstm"] != expected or result["while_ops"]:
+        found.append(f"expected {expected} fused LSTM op(s) and no WHILE, got {result['fused_lstm']} and "
+                     f"{result['while_ops']}")
     if result["float_islands"]:
         found.append(f"{result['float_islands']} float tensors inside the int8 model")
     if 100 * (result["float"] - result["int8"]) > COLLAPSE_POINTS:
@@ -227,7 +248,7 @@ def print_table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["lstm", "question", "both"], default="both")
+    parser.add_argument("--arch", choices=[*RECIPES, "both"], default="both", help="both: lstm and question")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--json", metavar="PATH", help="also write every run's measurements to PATH")
     args = parser.parse_args(argv)

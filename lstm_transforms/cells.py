@@ -11,6 +11,16 @@ Each cell here is a subclass of the stock tf-keras cell (same weights, same conf
 * hidden state / layer output (``output``): asymmetric ``quant_activation_bits`` over one learned
   range, the same for the output and for h(t-1) fed back into the next step.
 
+GRU and SimpleRNN have no integer kernel of their own: they deploy as per-step integer ops
+(`export/deployed.py`), and their cells simulate exactly that graph instead of the LSTM kernel.
+Every tensor of a deployed step is a quantization point: the input projection of each gate block
+(``input_z`` ...), the recurrent FULLY_CONNECTED of each gate block (``recurrent_z`` ..., its bias
+included), each pre-activation sum (``pre_z`` ...), the GRU's reset product, state delta h(t-1) - hh
+and update z * delta, and h (``output``): each with one learned asymmetric range shared by all
+steps, which export writes into every step of the flatbuffer. TANH and LOGISTIC outputs are on
+TFLite's fixed grids (int8: 1/128 with zero point 0, 1/256 with zero point -128); a ReLU is fused
+into the op before it, so its point is the ReLU's output.
+
 Learned ranges are moving averages of per-batch min/max collected over *every* time step by the
 layer (``recurrent.py``), never updated inside the loop.
 """
@@ -20,6 +30,7 @@ from tf_keras.src import backend
 from lstm_transforms._keras import keras, tf
 from lstm_transforms.options import QuantOptions
 from lstm_transforms.quantizers import asymmetric_bounds, fake_quant_asymmetric, fake_quant_fixed_unit
+from lstm_transforms.quantizers import fake_quant_logistic, fake_quant_tanh
 from lstm_transforms.quantizers import fake_quant_power_of_two, power_of_two_bounds
 
 __all__ = ["QuantizedLSTMCell", "QuantizedGRUCell", "QuantizedSimpleRNNCell", "QUANTIZED_CELLS", "replica_extreme"]
@@ -80,6 +91,11 @@ class _QuantizedCellMixin:
         """
         object.__setattr__(self, "_running_min_max", bool(active))
 
+    @property
+    def learned_points(self):
+        """The statistics with a learned asymmetric range (``quant_<point>_min`` / ``_max``)."""
+        return tuple(point for point in self.STATISTICS if point != "cell_state")
+
     def _initial_output_range(self):
         bounded = _activation_name(self.activation) == "tanh"
         return (-1.0, 1.0) if bounded else (-6.0, 6.0)
@@ -95,6 +111,10 @@ class _QuantizedCellMixin:
         )
         self.quant_output_min = add("quant_output_min", lo)
         self.quant_output_max = add("quant_output_max", hi)
+        for point in self.learned_points:
+            if point != "output":  # intermediates of an unrolled step: wide until first observed
+                setattr(self, f"quant_{point}_min", add(f"quant_{point}_min", -6.0))
+                setattr(self, f"quant_{point}_max", add(f"quant_{point}_max", 6.0))
         if "cell_state" in self.STATISTICS:
             # Start wide (the clip, or 16 unclipped) so early states are not clamped while learning.
             self.quant_cell_max_abs = add("quant_cell_max_abs", self.options.cell_clip or 16.0)
@@ -114,7 +134,7 @@ class _QuantizedCellMixin:
         """While True, the fake-quant bounds are computed once (now) instead of in every step."""
         bounds = None
         if frozen:
-            bounds = {"output": asymmetric_bounds(self.quant_output_min, self.quant_output_max)}
+            bounds = {point: asymmetric_bounds(*self.learned_range(point)) for point in self.learned_points}
             if "cell_state" in self.STATISTICS:
                 bounds["cell_state"] = power_of_two_bounds(
                     self.quant_cell_max_abs, self.options.state_bits, self.options.cell_clip
@@ -135,15 +155,24 @@ class _QuantizedCellMixin:
             return x
         return fake_quant_fixed_unit(x, self.options.gate_bits)
 
+    def learned_range(self, point):
+        """(min, max) variables of a learned-range point."""
+        return getattr(self, f"quant_{point}_min"), getattr(self, f"quant_{point}_max")
+
+    def _record_statistic(self, x, point):
+        if self._stats_sink is not None:
+            self._stats_sink.append((self, point, x))
+
+    def _quantize_learned(self, x, point):
+        """Asymmetric ``quant_activation_bits`` over the learned range of `point` (an int8 tensor on the device)."""
+        self._record_statistic(x, point)
+        lo, hi = self.learned_range(point)
+        return fake_quant_asymmetric(x, lo, hi, self.options.activation_bits, bounds=self._bounds(point))
+
     def _quantize_output(self, h):
         if not self.full_quantization:
             return h
-        if self._stats_sink is not None:
-            self._stats_sink.append((self, "output", h))
-        return fake_quant_asymmetric(
-            h, self.quant_output_min, self.quant_output_max, self.options.activation_bits,
-            bounds=self._bounds("output"),
-        )
+        return self._quantize_learned(h, "output")
 
     def _quantize_cell_state(self, c):
         if not self.full_quantization:
@@ -159,8 +188,9 @@ class _QuantizedCellMixin:
         """Update the learned ranges from {statistic: (min, max) over one batch}: a moving average,
         or the running extremes while `use_running_min_max(True)`."""
         batch_stats = {}
-        if "output" in extremes:
-            batch_stats["output_min"], batch_stats["output_max"] = extremes["output"]
+        for point in self.learned_points:
+            if point in extremes:
+                batch_stats[point + "_min"], batch_stats[point + "_max"] = extremes[point]
         if "cell_state" in extremes:
             lowest, highest = extremes["cell_state"]
             max_abs = tf.maximum(-lowest, highest)  # of c before the clip: max |clip(c)| = min(max |c|, clip)
@@ -213,11 +243,46 @@ class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
         return self.bias if self.use_bias else None
 
 
-class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
-    """GRUCell with fake-quantized gates (z, r, h) and hidden state."""
+class _UnrolledStepMixin:
+    """Quantization points of a cell deployed as per-step integer ops (see the module docs)."""
+
+    def _quantize_input_projection(self, x, gate=""):
+        """x W (+ input bias) of one gate block: the output of the input FULLY_CONNECTED."""
+        return self._quantize_learned(x, _point("input", gate))
+
+    def _quantize_recurrent_projection(self, x, gate=""):
+        """h W (+ recurrent bias) of one gate block: the output of a recurrent FULLY_CONNECTED."""
+        return self._quantize_learned(x, _point("recurrent", gate))
+
+    def _quantize_activation(self, pre, activation, gate=""):
+        """activation(sum) as the device computes it: the ADD's output (`pre_<gate>`) feeds an int8
+        TANH / LOGISTIC on its fixed output grid; a ReLU is fused into the ADD (the point is its output);
+        other activations are the converter's ops on the quantized sum."""
+        name = _activation_name(activation)
+        point = _point("pre", gate)
+        if name == "relu":
+            return self._quantize_learned(activation(pre), point)
+        y = activation(self._quantize_learned(pre, point))
+        if name == "tanh":
+            return fake_quant_tanh(y, self.options.activation_bits)
+        if name == "sigmoid":
+            return fake_quant_logistic(y, self.options.activation_bits)
+        return y
+
+
+def _point(kind, gate):
+    return f"{kind}_{gate}" if gate else kind
+
+
+class QuantizedGRUCell(_UnrolledStepMixin, _QuantizedCellMixin, keras.layers.GRUCell):
+    """GRUCell that simulates the deployed integer step: per gate block an input and a recurrent
+    FULLY_CONNECTED, the pre-activation ADDs, LOGISTIC z and r, the reset product, TANH hh, and
+    h = hh + z * (h(t-1) - hh) (SUB, MUL, ADD), every tensor on its own learned int8 range."""
 
     FLOAT_CLASS = keras.layers.GRUCell
     NUM_GATES = 3
+    STATISTICS = ("output", "input_z", "input_r", "input_h", "recurrent_z", "recurrent_r", "recurrent_h",
+                  "pre_z", "pre_r", "pre_h", "reset_product", "state_delta", "update")
 
     def call(self, inputs, states, training=None):
         if not self.full_quantization:
@@ -225,24 +290,29 @@ class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
         h_tm1 = states[0] if tf.nest.is_nested(states) else states
         rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training, count=1)
         h_in = h_tm1 * rec_dp_mask if rec_dp_mask is not None else h_tm1
-        recurrent_bias = self.bias[1] if self.use_bias and self.reset_after else None
         x_z, x_r, x_h = tf.split(self._input_projection(inputs, training), 3, axis=-1)
+        x_z = self._quantize_input_projection(x_z, "z")
+        x_r = self._quantize_input_projection(x_r, "r")
+        x_h = self._quantize_input_projection(x_h, "h")
         act, rec = self.activation, self.recurrent_activation
-        rk_zr, rk_h = self.recurrent_kernel[:, : 2 * self.units], self.recurrent_kernel[:, 2 * self.units :]
         if self.reset_after:
             inner = tf.matmul(h_in, self.recurrent_kernel)
-            if recurrent_bias is not None:
-                inner = tf.nn.bias_add(inner, recurrent_bias)
+            if self.use_bias:
+                inner = tf.nn.bias_add(inner, self.bias[1])
             r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
-            z = self._quantize_gate(rec(x_z + r_z), rec)
-            r = self._quantize_gate(rec(x_r + r_r), rec)
-            hh = self._quantize_gate(act(x_h + r * r_h), act)
         else:
-            r_z, r_r = tf.split(tf.matmul(h_in, rk_zr), 2, axis=-1)
-            z = self._quantize_gate(rec(x_z + r_z), rec)
-            r = self._quantize_gate(rec(x_r + r_r), rec)
-            hh = self._quantize_gate(act(x_h + tf.matmul(r * h_in, rk_h)), act)
-        h = self._quantize_output(z * h_tm1 + (1.0 - z) * hh)
+            r_z, r_r = tf.split(tf.matmul(h_in, self.recurrent_kernel[:, : 2 * self.units]), 2, axis=-1)
+        z = self._quantize_activation(x_z + self._quantize_recurrent_projection(r_z, "z"), rec, "z")
+        r = self._quantize_activation(x_r + self._quantize_recurrent_projection(r_r, "r"), rec, "r")
+        if self.reset_after:
+            recurrent = self._quantize_learned(r * self._quantize_recurrent_projection(r_h, "h"), "reset_product")
+        else:
+            reset = self._quantize_learned(r * h_in, "reset_product")
+            recurrent = self._quantize_recurrent_projection(
+                tf.matmul(reset, self.recurrent_kernel[:, 2 * self.units :]), "h")
+        hh = self._quantize_activation(x_h + recurrent, act, "h")
+        delta = self._quantize_learned(h_tm1 - hh, "state_delta")
+        h = self._quantize_output(hh + self._quantize_learned(z * delta, "update"))
         new_state = [h] if tf.nest.is_nested(states) else h
         return h, new_state
 
@@ -252,16 +322,40 @@ class QuantizedGRUCell(_QuantizedCellMixin, keras.layers.GRUCell):
         return self.bias[0] if self.reset_after else self.bias
 
 
-class QuantizedSimpleRNNCell(_QuantizedCellMixin, keras.layers.SimpleRNNCell):
-    """SimpleRNNCell with a fake-quantized hidden state (one weight block)."""
+class QuantizedSimpleRNNCell(_UnrolledStepMixin, _QuantizedCellMixin, keras.layers.SimpleRNNCell):
+    """SimpleRNNCell that simulates the deployed integer step: the input and recurrent
+    FULLY_CONNECTED, their ADD and the activation (TANH / LOGISTIC on its fixed grid; a ReLU fused
+    into the ADD, whose output is h)."""
 
     FLOAT_CLASS = keras.layers.SimpleRNNCell
     NUM_GATES = 1
 
+    @property
+    def STATISTICS(self):  # noqa: N802 - the mixin's class attribute, here depending on the activation
+        if _activation_name(self.activation) in ("relu", "linear"):
+            return ("output", "input", "recurrent")
+        return ("output", "input", "recurrent", "pre")
+
     def call(self, inputs, states, training=None):
-        output, new_state = super().call(inputs, states, training=training)
-        output = self._quantize_output(output)
-        return output, ([output] if tf.nest.is_nested(states) else output)
+        if not self.full_quantization:
+            return super().call(inputs, states, training=training)
+        h_tm1 = states[0] if tf.nest.is_nested(states) else states
+        rec_dp_mask = self.get_recurrent_dropout_mask_for_cell(h_tm1, training)
+        h_in = h_tm1 * rec_dp_mask if rec_dp_mask is not None else h_tm1
+        x = self._quantize_input_projection(self._input_projection(inputs, training))
+        total = x + self._quantize_recurrent_projection(tf.matmul(h_in, self.recurrent_kernel))
+        name = _activation_name(self.activation)
+        if name in ("relu", "linear"):  # the ADD (its ReLU fused) computes h
+            h = self._quantize_output(self.activation(total) if self.activation is not None else total)
+        elif name in ("tanh", "sigmoid"):  # h is the TANH / LOGISTIC output, on its fixed grid
+            h = self._quantize_activation(total, self.activation)
+            self._record_statistic(h, "output")
+        else:
+            h = self._quantize_output(self._quantize_activation(total, self.activation))
+        return h, ([h] if tf.nest.is_nested(states) else h)
+
+    def _input_bias(self):
+        return self.bias if self.use_bias else None
 
 
 QUANTIZED_CELLS = {cls.FLOAT_CLASS: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}

@@ -20,7 +20,8 @@ class QuantOptions:
     mode: "full" (weights, gates, cell state and output) or "weights" (weights only; LSTM/GRU
       then keep the fused backend function).
     activation_bits: the layer output and the recurrent input h(t-1) (one range for both).
-    gate_bits: gate activations, on the fixed range [-1, 1).
+    gate_bits: LSTM gate activations, on the fixed range [-1, 1) (GRU / SimpleRNN simulate int8
+      TANH / LOGISTIC at activation_bits instead: they deploy as per-step integer ops).
     state_bits: the LSTM cell state, power-of-two scale.
     cell_clip: clip of the LSTM cell state (the converter emits CellClip=10); 0 disables it.
     ema_decay: moving-average decay of the learned ranges during training.

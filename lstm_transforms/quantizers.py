@@ -11,6 +11,8 @@ from lstm_transforms._keras import tf
 __all__ = [
     "PerGateWeightQuantizer",
     "fake_quant_fixed_unit",
+    "fake_quant_tanh",
+    "fake_quant_logistic",
     "fake_quant_asymmetric",
     "fake_quant_power_of_two",
     "power_of_two_bound",
@@ -102,6 +104,16 @@ def fake_quant_fixed_unit(x, num_bits):
     """Fixed range [-1, 1) with scale 2^-(b-1): the int16 gate outputs of TFLite's integer LSTM."""
     top = 1.0 - 2.0 ** (1 - num_bits)
     return tf.quantization.fake_quant_with_min_max_args(x, min=-1.0, max=top, num_bits=num_bits)
+
+
+def fake_quant_tanh(x, num_bits=8):
+    """TFLite's integer TANH output: fixed range [-1, 1), scale 2^-(b-1), zero point 0 (int8: 1/128)."""
+    return fake_quant_fixed_unit(x, num_bits)
+
+
+def fake_quant_logistic(x, num_bits=8):
+    """TFLite's integer LOGISTIC output: fixed range [0, 1), scale 2^-b, lowest code at 0 (int8: 1/256, -128)."""
+    return tf.quantization.fake_quant_with_min_max_args(x, min=0.0, max=1.0 - 2.0**-num_bits, num_bits=num_bits)
 
 
 def asymmetric_bounds(range_min, range_max):

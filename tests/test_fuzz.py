@@ -253,28 +253,36 @@ def _as_list(y):
     return [np.asarray(t) for t in (y if isinstance(y, (list, tuple)) else [y])]
 
 
-def _shrunk(cell, run, lo=None, hi=None):
-    """`run()` with `cell`'s output range set to 5% of [lo, hi] (default: its learned range), then restored."""
-    saved = cell.quant_output_min.numpy(), cell.quant_output_max.numpy()
-    lo, hi = saved if lo is None else (lo, hi)
-    cell.quant_output_min.assign(lo * 0.05)
-    cell.quant_output_max.assign(hi * 0.05)
+def _learned_ranges(cell):
+    """(min, max) variables of every learned range of `cell` (GRU / SimpleRNN: every point of the step)."""
+    return [cell.learned_range(point) for point in cell.learned_points]
+
+
+def _with_ranges(cell, run, values):
+    """`run()` with `cell`'s learned ranges set to `values` ((lo, hi) each), then restored."""
+    variables = _learned_ranges(cell)
+    saved = [(lo.numpy(), hi.numpy()) for lo, hi in variables]
+    for (lo, hi), (a, b) in zip(variables, values):
+        lo.assign(a)
+        hi.assign(b)
     try:
         return run()
     finally:
-        cell.quant_output_min.assign(saved[0])
-        cell.quant_output_max.assign(saved[1])
+        for (lo, hi), (a, b) in zip(variables, saved):
+            lo.assign(a)
+            hi.assign(b)
+
+
+def _shrunk(cell, run, lo=None, hi=None):
+    """`run()` with `cell`'s learned ranges set to 5% of [lo, hi] (default: each its learned range), then
+    restored. Every range, not only h's: h of a tanh SimpleRNN is on TANH's fixed grid."""
+    current = [(a.numpy(), b.numpy()) for a, b in _learned_ranges(cell)] if lo is None else None
+    current = current or [(lo, hi)] * len(cell.learned_points)
+    return _with_ranges(cell, run, [(a * 0.05, b * 0.05) for a, b in current])
 
 
 def _with_range(cell, run, lo, hi):
-    saved = cell.quant_output_min.numpy(), cell.quant_output_max.numpy()
-    cell.quant_output_min.assign(lo)
-    cell.quant_output_max.assign(hi)
-    try:
-        return run()
-    finally:
-        cell.quant_output_min.assign(saved[0])
-        cell.quant_output_max.assign(saved[1])
+    return _with_ranges(cell, run, [(lo, hi)] * len(cell.learned_points))
 
 
 def _scale(y):
@@ -298,7 +306,8 @@ def assert_recurrent_quantized_locally(qat, expected_layers):
     - each layer, called on its own input shape, changes output when its cells' ranges shrink
       (the layer's loop runs the quantized cells), unless that output is identically zero (a dead
       ReLU SimpleRNN cell in a stack zeroes everything after it: nothing left to quantize);
-    - each cell, called for one step with its output range set to [-1, 1], changes output when that\n      range shrinks to 5% (the learned range may have collapsed to zero width on a dead input).
+    - each cell, called for one step with its learned ranges set to [-1, 1], changes output when
+      they shrink to 5% (the learned range may have collapsed to zero width on a dead input).
     """
     wrappers = recurrent_wrappers(qat)
     assert len(wrappers) == expected_layers, [type(l).__name__ for l in qat.layers]

@@ -59,6 +59,10 @@ CASES = {
 }
 # Learned ranges narrower than the values, so that the fake quant clamps some of them.
 RANGES = {"quant_output_min": -0.45, "quant_output_max": 0.55, "quant_cell_max_abs": 0.7, "quant_observed": 1.0}
+# ... and of every intermediate of a GRU / SimpleRNN step (the deployed graph's tensors).
+STEP_POINTS = set(lt.QuantizedGRUCell.STATISTICS) | {"input", "recurrent", "pre"}
+RANGES.update({f"quant_{point}_{end}": value for point in sorted(STEP_POINTS - {"output"})
+               for end, value in (("min", -1.2), ("max", 1.3))})
 ROW_LENGTHS = [9, 5, 7, 2]
 # A cell clip inside the cell-state range, so that both the clip and the fake quant act.
 CLIPPED = {"lstm_clipped": ({"cell_clip": 1.5}, {"quant_cell_max_abs": 3.0})}
@@ -177,10 +181,16 @@ def _assert_matches(actual, expected, what):
     )
 
 
-def _write():
+def _write(names=()):
+    """Record every case, or only `names` (the other cases keep their stored values)."""
     tf.random.set_seed(0)
     stored = {}
-    for name in sorted(CASES):
+    if names:
+        unknown = set(names) - set(CASES)
+        if unknown:
+            raise SystemExit(f"unknown cases {sorted(unknown)}")
+        stored = {key: value for key, value in _reference().items() if key.split("/", 1)[0] not in names}
+    for name in sorted(names or CASES):
         for key, value in compute(name).items():
             stored[f"{name}/{key}"] = value
         keras.backend.clear_session()
@@ -190,4 +200,4 @@ def _write():
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
-    _write()
+    _write([a for a in sys.argv[1:] if a != "--write"])

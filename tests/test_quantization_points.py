@@ -138,3 +138,51 @@ def test_dropout_draws_one_mask_per_sample(layer_class, dropout):
     x = np.repeat(_x()[:1], 6, axis=0)
     y = layer_class(8, return_sequences=True, **dropout)(x, training=True).numpy()
     assert all(_differs(y[0], y[k]) for k in range(1, len(y)))
+
+
+STEP_LAYERS = {  # cells deployed as per-step integer ops: QAT simulates that step
+    "gru": lambda: L.GRU(8, return_sequences=True),
+    "gru_reset_before": lambda: L.GRU(8, return_sequences=True, reset_after=False),
+    "simple_rnn_tanh": lambda: L.SimpleRNN(8, return_sequences=True),
+    "simple_rnn_relu": lambda: L.SimpleRNN(8, activation="relu", return_sequences=True),
+}
+STEP_POINTS = {
+    "gru": {"output", "input_z", "input_r", "input_h", "recurrent_z", "recurrent_r", "recurrent_h", "pre_z", "pre_r",
+            "pre_h", "reset_product", "state_delta", "update"},
+    "simple_rnn_tanh": {"output", "input", "recurrent", "pre"},
+    "simple_rnn_relu": {"output", "input", "recurrent"},  # the ReLU is fused into the ADD: its output is h
+}
+STEP_POINTS["gru_reset_before"] = STEP_POINTS["gru"]
+
+
+@pytest.mark.parametrize("kind", list(STEP_LAYERS))
+def test_every_point_of_a_deployed_step_acts(kind):
+    x = _x()
+    _, qat = _qat(STEP_LAYERS[kind](), x)
+    cell = qat.layers[-1].layer.cell
+    assert set(cell.learned_points) == STEP_POINTS[kind]
+    # h of a tanh SimpleRNN is the TANH output, on its fixed grid: its learned range is only observed.
+    inert = {"output"} if kind == "simple_rnn_tanh" else set()
+    y = qat(x).numpy()
+    for point in cell.learned_points:
+        lo, hi = cell.learned_range(point)
+        saved = lo.numpy(), hi.numpy()
+        lo.assign(saved[0] / 4)
+        hi.assign(saved[1] / 4)
+        try:
+            changed = _differs(y, qat(x))
+        finally:
+            lo.assign(saved[0])
+            hi.assign(saved[1])
+        assert changed == (point not in inert), point
+
+
+@pytest.mark.parametrize("activation, step, lowest", [("tanh", 1 / 128, -1.0), ("sigmoid", 1 / 256, 0.0)])
+def test_tanh_and_logistic_are_on_tflites_fixed_int8_grids(activation, step, lowest):
+    x = _x()
+    _, qat = _qat(L.SimpleRNN(8, activation=activation, return_sequences=True), x)
+    y = qat(x).numpy().astype(np.float64)
+    codes = (y - lowest) / step
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+    assert codes.min() >= 0 and codes.max() <= 255
+    assert len(np.unique(y)) > 50  # many grid points used, not a clamp

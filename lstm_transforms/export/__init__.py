@@ -19,10 +19,14 @@ went stale are put back on their QAT grid). Written into the converter's calibra
 the model inputs' QAT range, the output (or pre-activation, before softmax / sigmoid / tanh) range
 of Dense and Conv layers (found by their kernels), every fused LSTM's h range (output, hidden state
 and hidden intermediate) and cell-state bound (a power of two, at least 1), and the h range of every
-unrolled step (found by op name). Other tfmot outputs (BatchNorm, Add, ...) keep their QAT range as
+unrolled step (found by op name); for GRU and SimpleRNN also the learned range of every other tensor
+of the step (input projections, recurrent FULLY_CONNECTED outputs, pre-activation sums, reset
+product, state delta, update, the zero state), one shared range per point written into every step,
+since their QAT simulates exactly the deployed step (`deployed.py`). Other tfmot outputs (BatchNorm, Add, ...) keep their QAT range as
 fixed `FakeQuant` ops, except into a Concatenate. Calibrated on `representative_dataset`, each
-sample from a zero state: everything else (gates and cell state of unrolled steps, merges, layers
-float in QAT, weights-only QAT). Tensors TFLite gives one scale (CONCATENATION, PACK, reshapes)
+sample from a zero state: everything else (gates and cell state of unrolled LSTM steps, whose QAT
+simulates the fused kernel instead; the internals of activations other than tanh / sigmoid / relu;
+merges; layers float in QAT; weights-only QAT). Tensors TFLite gives one scale (CONCATENATION, PACK, reshapes)
 share the union of their ranges: e.g. the two directions of a `Bidirectional(merge_mode="concat")`.
 Inside the integer LSTM the gates are int16 on the fixed range [-1, 1), as QAT simulates them.
 With `activations="int16"` every activation range is calibrated.

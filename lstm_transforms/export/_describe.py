@@ -110,4 +110,7 @@ def _describe_cell(cell):
         return (f"{name}: output and h(t-1) int{bits} (one range), gate activations int{options.gate_bits}, "
                 f"cell state int{options.state_bits} with a power-of-two scale, {clip_text} "
                 "(TFLite integer LSTM)")
+    if _graph.cell_kind(cell) in ("gru", "simple_rnn"):
+        return (f"{name}: every tensor of the deployed int{bits} step (projections, sums, products, h = h(t-1)) "
+                "on its own learned range, tanh / sigmoid on TFLite's fixed grids")
     return f"{name}: output and h(t-1) int{bits} (one range)"

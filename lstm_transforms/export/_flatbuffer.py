@@ -151,7 +151,9 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), 
     (units, features) float32, `output` (lo, hi) or None, `cell_bound` or None, `cell_clip` or None.
     `op_ranges`: dicts with `weights` (a kernel's values, sorted) and `output` (lo, hi) for the
     FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op with that kernel. `named_ranges`: {tag: (lo, hi)}
-    for the tensors named `.../{tag}_t<step>` (the h of unrolled cells). `fixed_activations`: TANH /
+    for the tensors named `.../{tag}_t<step>` (the h of unrolled cells; also `{tag}_<point>_t<step>`, the other
+    tensors of a GRU / SimpleRNN step, `{tag}_zero_tinit`, its zero state, and `{tag}_<point>_tall`,
+    an input projection of all steps). `fixed_activations`: TANH /
     LOGISTIC outputs get their int8 kernels' fixed ranges. Then every group of tensors
     TFLite gives one scale (`_scale_groups`) gets one range. Returns (bytes, indices of
     `lstm_ranges` and of `op_ranges` that matched no op).
@@ -197,7 +199,7 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), 
                 matched_ops.add(k)
                 _set_range(graph.tensors[op.outputs[0]], *ranges["output"])
                 break
-    tags = re.compile(r"(?:^|/)(lt_h\d+)_t\d+$")
+    tags = re.compile(r"(?:^|/)(lt_h\d+(?:_[a-z]+)*)_t(?:\d+|all|init)$")
     for tensor in graph.tensors:
         for part in bytes(tensor.name).decode().split(";"):
             found = tags.search(part)

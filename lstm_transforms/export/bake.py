@@ -22,7 +22,8 @@ calibration statistics by the child process (`convert.py`): the model inputs' ra
 LSTM its output (= hidden state) range, cell-state bound and cell clip (a `FakeQuant` around a fused
 LSTM makes the converter fail with "Failed to duplicate values for the stateful op", or give its
 output, hidden state and hidden intermediate three different scales); the output range of Dense /
-Conv layers, found by their kernels; the h range of unrolled steps, found by op name.
+Conv layers, found by their kernels; the h range of unrolled steps and, for GRU / SimpleRNN, the
+range of every other quantization point of a step, found by op name.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def bake(model, model_plan, *, qat_ranges=True):
             for cell in (c for d in spec.directions for c in d.cells if c.deploy != FUSED and c.output_range):
                 cell.tag = f"lt_h{len(named_ranges)}"
                 named_ranges[cell.tag] = cell.output_range
+                named_ranges.update({f"{cell.tag}_{point}": r for point, r in cell.ranges.items()})
+                named_ranges[f"{cell.tag}_zero"] = cell.output_range  # the explicit zero state of a GRU / SimpleRNN
             return DeployedRNN(spec, name=_graph.inner(layer).name)
         new = float_layer(layer)
         pairs.append((layer, new))
@@ -195,6 +198,9 @@ def _cell_spec(cell, deploy, kernel, recurrent_kernel, qat_ranges):
     if qat_ranges and isinstance(cell, _QuantizedCellMixin) and cell.full_quantization:
         lo, hi = asymmetric_bounds(cell.quant_output_min, cell.quant_output_max)
         spec.output_range = (float(lo), float(hi))
+        if kind in ("gru", "simple_rnn"):
+            spec.ranges = {point: tuple(float(v) for v in asymmetric_bounds(*cell.learned_range(point)))
+                           for point in cell.learned_points if point != "output"}
         if kind == "lstm":
             spec.cell_bound = float(power_of_two_bound(cell.quant_cell_max_abs))
             spec.cell_clip = float(cell.options.cell_clip)

@@ -14,6 +14,13 @@ graph the converter should see:
   per-gate scale. The op computing h at step t is named `{tag}_t{t}`: the conversion finds it by
   that name and gives it the cell's QAT range (no FakeQuant in the graph: the converter would push
   a fixed range onto every tensor sharing its scale, and clip them);
+* a GRU / SimpleRNN step is exactly the graph its QAT cell simulates (`cells.py`), and every
+  intermediate is named after its quantization point: `{tag}_{point}_t{t}` (input projections:
+  `{tag}_input_<gate>_tall`), so each gets the cell's learned range of that point at every step.
+  They start from an explicit zero state `{tag}_zero_tinit` (the first projection minus itself, on h's
+  range), so that step 0 runs the same ops as every other step. Without QAT ranges (a float model,
+  `activations="int16"`: no tag) step 0 skips the recurrent terms of the zero state instead (a
+  calibrated [0, 0] zero state breaks the next FULLY_CONNECTED);
 * `go_backwards` reverses the input once; `Bidirectional` runs both directions, reverses the
   backward sequence and merges (concat / sum / ave / mul / None) as Keras does;
 * the outputs are packed in the original layer's (possibly nested) output structure.
@@ -84,6 +91,7 @@ class CellSpec:
     tag: str | None = None  # unrolled: the ops computing h are named f"{tag}_t{step}" (bake.py maps tag -> range)
     cell_bound: float | None = None  # QAT power-of-two bound of the LSTM cell state, None: calibrated
     cell_clip: float | None = None  # QAT clip of the LSTM cell state, None or 0: none
+    ranges: dict = dataclasses.field(default_factory=dict)  # GRU / SimpleRNN: QAT range of each point
 
     @property
     def gates(self):
@@ -111,17 +119,17 @@ class RecurrentSpec:
     structure: object = 0  # tf.nest structure of the original layer's outputs
 
 
-def _input_projection(x, kernel, bias):
-    """x (batch, T, F) @ kernel + bias for all steps at once: one FULLY_CONNECTED."""
+def _input_projection(x, kernel, bias, name=None):
+    """x (batch, T, F) @ kernel + bias for all steps at once: one FULLY_CONNECTED (its output named `name`)."""
     features, units = kernel.shape
-    flat = tf.matmul(tf.reshape(x, [-1, features]), tf.constant(kernel, tf.float32))
-    if bias is not None:
-        flat = flat + tf.constant(bias, tf.float32)
-    return tf.reshape(flat, [-1, x.shape[1], units])
+    flat = _recurrent(tf.reshape(x, [-1, features]), kernel, bias)
+    return tf.reshape(flat, [-1, x.shape[1], units], name=name)  # the converter names the FC's output after it
 
 
-def _recurrent(h, recurrent_kernel, bias=None):
-    out = tf.matmul(h, tf.constant(recurrent_kernel, tf.float32))
+def _recurrent(h, recurrent_kernel, bias=None, name=None):
+    """h @ kernel (+ bias): one FULLY_CONNECTED, its output named `name` (the converter names a
+    FULLY_CONNECTED with a bias after its MatMul)."""
+    out = tf.matmul(h, tf.constant(recurrent_kernel, tf.float32), name=name)
     return out if bias is None else out + tf.constant(bias, tf.float32)
 
 
@@ -134,6 +142,37 @@ def _activation_name(fn):
         return keras.activations.serialize(fn)
     except ValueError:
         return getattr(fn, "__name__", "")
+
+
+def _point_name(cell, point, t):
+    """The name of the op computing quantization point `point` at step t (None: no tag)."""
+    return f"{cell.tag}_{point}_t{t}" if cell.tag else None
+
+
+def _projected_steps(x, cell, input_bias, gates):
+    """Per gate, the list over time of x_t @ W_gate + b_gate, each projection named `{tag}_input_<gate>_tall`."""
+    kernels = cell.gate_blocks(cell.kernel)
+    biases = cell.gate_blocks(input_bias) if input_bias is not None else [None] * cell.gates
+    return [tf.unstack(_input_projection(x, k, b, _point_name(cell, _point("input", g), "all")), axis=1)
+            for g, k, b in zip(gates, kernels, biases)]
+
+
+def _point(kind, gate):
+    return f"{kind}_{gate}" if gate else kind
+
+
+def _zero_state(projected, cell):
+    """h = 0 as an op on h's range (the first projected step minus itself: a product with 0 would be
+    folded into the next FULLY_CONNECTED's weights), so that step 0 runs every step op."""
+    return tf.math.subtract(projected, projected, name=f"{cell.tag}_zero_tinit")
+
+
+def _activate(a, b, fn, cell, point, t):
+    """fn(a + b) as the QAT cell quantizes it: the ADD named `point`, or, for a ReLU (fused into the
+    ADD by the converter), the ReLU's output."""
+    if _activation_name(fn) == "relu":
+        return tf.nn.relu(a + b, name=_point_name(cell, point, t))
+    return fn(tf.math.add(a, b, name=_point_name(cell, point, t)))
 
 
 def _per_gate_steps(x, cell, input_bias, unused_at_start=()):
@@ -179,7 +218,56 @@ def unrolled_lstm(x, cell):
 
 
 def unrolled_gru(x, cell):
-    """GRU steps (reset_after True or False) in integer-friendly ops: (outputs per step, [h])."""
+    """GRU steps (reset_after True or False) as `QuantizedGRUCell` simulates them: (outputs per step, [h])."""
+    if not cell.tag:
+        return _calibrated_gru(x, cell)
+    act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
+    bias = cell.bias
+    input_bias, recurrent_bias = (bias[0], bias[1]) if bias is not None and cell.reset_after else (bias, None)
+    b_z, b_r, b_h = cell.gate_blocks(recurrent_bias) if recurrent_bias is not None else (None, None, None)
+    x_z, x_r, x_h = _projected_steps(x, cell, input_bias, "zrh")
+    u_z, u_r, u_h = cell.gate_blocks(cell.recurrent_kernel)
+    h = _zero_state(x_z[0], cell)
+    outputs = []
+    for t in range(len(x_z)):
+        name = lambda point: _point_name(cell, point, t)  # noqa: E731,B023
+        z = _activate(x_z[t], _recurrent(h, u_z, b_z, name("recurrent_z")), rec, cell, "pre_z", t)
+        r = _activate(x_r[t], _recurrent(h, u_r, b_r, name("recurrent_r")), rec, cell, "pre_r", t)
+        if cell.reset_after:
+            recurrent = tf.math.multiply(r, _recurrent(h, u_h, b_h, name("recurrent_h")), name=name("reset_product"))
+        else:
+            recurrent = _recurrent(tf.math.multiply(r, h, name=name("reset_product")), u_h, None, name("recurrent_h"))
+        hh = _activate(x_h[t], recurrent, act, cell, "pre_h", t)
+        delta = tf.math.subtract(h, hh, name=name("state_delta"))
+        h = tf.math.add(hh, tf.math.multiply(z, delta, name=name("update")), name=_h_name(cell, t))
+        outputs.append(h)
+    return outputs, [h]
+
+
+def unrolled_simple_rnn(x, cell):
+    """SimpleRNN steps as `QuantizedSimpleRNNCell` simulates them: (outputs per step, [h])."""
+    if not cell.tag:
+        return _calibrated_simple_rnn(x, cell)
+    act = _activation(cell.activation)
+    name = _activation_name(act)
+    (x_h,) = _projected_steps(x, cell, cell.bias, [""])
+    h = _zero_state(x_h[0], cell)
+    outputs = []
+    for t in range(len(x_h)):
+        recurrent = _recurrent(h, cell.recurrent_kernel, None, _point_name(cell, "recurrent", t))
+        if name == "relu":  # the ADD, its ReLU fused, computes h
+            h = tf.nn.relu(x_h[t] + recurrent, name=_h_name(cell, t))
+        elif name == "linear":
+            h = tf.math.add(x_h[t], recurrent, name=_h_name(cell, t))
+        else:
+            pre = tf.math.add(x_h[t], recurrent, name=_point_name(cell, "pre", t))
+            h = _NAMED_ACTIVATIONS[name](pre, name=_h_name(cell, t)) if name in _NAMED_ACTIVATIONS else act(pre)
+        outputs.append(h)
+    return outputs, [h]
+
+
+def _calibrated_gru(x, cell):
+    """GRU steps without QAT ranges (every range calibrated): step 0 without the recurrent terms of its zero state."""
     act, rec = _activation(cell.activation), _activation(cell.recurrent_activation)
     bias = cell.bias
     input_bias, recurrent_bias = (bias[0], bias[1]) if bias is not None and cell.reset_after else (bias, None)
@@ -208,8 +296,8 @@ def unrolled_gru(x, cell):
     return outputs, [h]
 
 
-def unrolled_simple_rnn(x, cell):
-    """SimpleRNN steps: h = activation(x W + b + h U): (outputs per step, [h])."""
+def _calibrated_simple_rnn(x, cell):
+    """SimpleRNN steps without QAT ranges: h = activation(x W + b + h U), step 0 without h U."""
     act = _activation(cell.activation)
     named = _NAMED_ACTIVATIONS.get(_activation_name(act))
     (x_h,) = _per_gate_steps(x, cell, cell.bias)
