@@ -163,31 +163,26 @@ def _cmd_export(args):
         model = _load_model(args.model, args.unsafe_lambda)
     except loading.UnsafeLambdaError as refusal:
         raise CLIError(str(refusal)) from refusal
-    paths = args.calibration
-    for p in paths:
-        if not os.path.exists(p):
-            raise CLIError(f"no such calibration file: {p}")
-    try:
-        data = [np.load(p) for p in paths]
-    except Exception as e:  # noqa: BLE001
-        raise CLIError(f"cannot read calibration data: {_first_line(e)}") from e
-    if args.target != "tflite" and not args.int8_io:
-        print(f"note: --target {args.target} exports with int8 input/output (--int8-io).", file=sys.stderr)
-        args.int8_io = True
     if not any(is_quantize_wrapper(layer) for layer in model.layers):
         print(f"note: {args.model} has no quantize wrappers (not a QAT model); exporting it with post-training "
               "quantization.", file=sys.stderr)
-    try:
-        flatbuffer = export_tflite(model, data if len(data) > 1 else data[0], int8_io=args.int8_io,
-                                   max_samples=args.max_samples, progress=not args.quiet)
-    except (ValueError, RuntimeError) as e:
-        raise CLIError(_first_line(e)) from e
+    if args.target == "cpu":
+        if args.int8_io:
+            raise CLIError("--target cpu keeps float input/output (mode='dynamic'); drop --int8-io.")
+        data, flatbuffer = None, _export(model, None, mode="dynamic")
+    else:
+        data = _calibration_data(args.calibration)
+        if args.target != "tflite" and not args.int8_io:
+            print(f"note: --target {args.target} exports with int8 input/output (--int8-io).", file=sys.stderr)
+            args.int8_io = True
+        flatbuffer = _export(model, data, int8_io=args.int8_io, max_samples=args.max_samples,
+                             progress=not args.quiet)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise CLIError(f"output directory does not exist: {out_dir}")
     vela = None
-    if args.target != "tflite":
-        flatbuffer, vela = _for_device(flatbuffer, data if len(data) > 1 else data[0], args.target)
+    if args.target in ("micro", "ethos-u"):
+        flatbuffer, vela = _for_device(flatbuffer, data, args.target)
     _write(args.output, flatbuffer)
     print(f"wrote {args.output} ({len(flatbuffer)} bytes)")
     if vela is not None:
@@ -196,6 +191,28 @@ def _cmd_export(args):
         print(vela.summary())
         print(f"wrote {compiled} ({len(vela.compiled)} bytes, for the Ethos-U driver)")
     return 0
+
+
+def _calibration_data(paths):
+    """The calibration arrays of `--calibration` (one array, or a list for several inputs)."""
+    if not paths:
+        raise CLIError("--calibration DATA.npy is needed to export a fully-integer model (only --target cpu "
+                       "exports without it).")
+    for p in paths:
+        if not os.path.exists(p):
+            raise CLIError(f"no such calibration file: {p}")
+    try:
+        data = [np.load(p) for p in paths]
+    except Exception as e:  # noqa: BLE001
+        raise CLIError(f"cannot read calibration data: {_first_line(e)}") from e
+    return data if len(data) > 1 else data[0]
+
+
+def _export(model, data, **options):
+    try:
+        return export_tflite(model, data, **options)
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(_first_line(e)) from e
 
 
 def _write(path, data):

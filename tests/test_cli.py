@@ -81,8 +81,25 @@ def test_export_writes_a_fused_integer_model_and_inspect_reads_it(files, capsys)
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in capsys.readouterr().out
 
 
+def test_export_target_cpu_keeps_float_activations_and_int8_weights(files):
+    out = str(files["dir"] / "cpu.tflite")
+    assert main(["export", files["qat"], "-o", out, "--target", "cpu"]) == 0
+    with open(out, "rb") as f:
+        fb = f.read()
+    ops = tflite_utils.op_names(fb)
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=fb)
+    dtypes = {d["name"]: d["dtype"] for d in interpreter.get_tensor_details()}
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert any(dtype == np.int8 for dtype in dtypes.values()), dtypes  # the weights
+
+
 @pytest.mark.parametrize("argv, message", [
     (["inspect", "/nonexistent/model.h5"], "no such file"),
+    (["export", "{qat}", "-o", "{dir}/x.tflite", "-q"], "--calibration DATA.npy is needed"),
+    (["export", "{qat}", "-o", "{dir}/x.tflite", "--target", "cpu", "--int8-io"], "drop --int8-io"),
     (["export", "{qat}", "--calibration", "/nonexistent.npy", "-o", "{dir}/x.tflite"], "no such calibration file"),
     (["export", "{qat}", "--calibration", "{bad_cal}", "-o", "{dir}/x.tflite", "-q"], "expects"),
     (["export", "{qat}", "--calibration", "{cal}", "-o", "/nonexistent/dir/x.tflite", "-q"], "does not exist"),
