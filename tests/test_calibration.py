@@ -174,6 +174,7 @@ def _generator(x):
 
 @pytest.mark.parametrize("kind", list(_KINDS))
 def test_every_recurrent_kind_gets_the_extremes_of_the_data(kind):
+    keras.utils.set_random_seed(0)
     model, x = _kind_model(_KINDS[kind]), _data(64)
     qat = lt.quantize_model(model)
     lt.calibrate(qat, _generator(x), batch_size=16, passes=2)
@@ -184,8 +185,9 @@ def test_every_recurrent_kind_gets_the_extremes_of_the_data(kind):
     assert len(cells) == len(expected) >= 1
     for k, (cell, sequences) in enumerate(zip(cells, expected)):
         h = sequences["output"]
-        # A cell stacked on a GRU sees the error of the GRU's int8 step (a few int8 steps of its output).
-        tolerance = 0.06 if any(isinstance(c, lt.QuantizedGRUCell) for c in cells[:k]) else 0.03
+        # A GRU runs its deployed int8 step in QAT (every intermediate int8), so its h, and the input
+        # of a cell stacked on it, drift from float by several int8 steps over the sequence.
+        tolerance = 0.12 if any(isinstance(c, lt.QuantizedGRUCell) for c in cells[: k + 1]) else 0.03
         assert float(cell.quant_output_min.numpy()) == pytest.approx(h.min(), abs=tolerance), cell.name
         assert float(cell.quant_output_max.numpy()) == pytest.approx(h.max(), abs=tolerance), cell.name
         if "cell_state" in sequences:
