@@ -20,10 +20,10 @@ example: setup
 	$(PY) examples/japanese_vowels.py
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 fuzz: setup
 	LT_FUZZ_EXAMPLES=40 LT_FUZZ_EXPORT_EXAMPLES=6 $(PY) -m pytest -q tests/test_fuzz.py
