@@ -164,8 +164,16 @@ class _QuantizedCellMixin:
             self._stats_sink.append((self, point, x))
 
     def _quantize_learned(self, x, point):
-        """Asymmetric ``quant_activation_bits`` over the learned range of `point` (an int8 tensor on the device)."""
+        """Asymmetric ``quant_activation_bits`` over the learned range of `point` (an int8 tensor on the device).
+
+        While `calibrate` runs (`use_running_min_max(True)`) the value passes unquantized: each point's
+        range is then the extremes of what it computes, not of what the ranges of the points before it,
+        still unknown, let through (a wide initial range rounds a small projection to 0, and every
+        point after it would see only zeros).
+        """
         self._record_statistic(x, point)
+        if self._running_min_max:
+            return x
         lo, hi = self.learned_range(point)
         return fake_quant_asymmetric(x, lo, hi, self.options.activation_bits, bounds=self._bounds(point))
 

@@ -1,4 +1,5 @@
 import os
+import random
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,6 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _seed():
+    random.seed(0)  # tf-keras draws the seeds of unseeded initializers from Python's random
     np.random.seed(0)
     tf.random.set_seed(0)
     yield

@@ -238,3 +238,20 @@ def test_the_ranges_of_a_gru_step_are_the_extremes_of_the_data(reset_after):
     for point in cell.learned_points:
         lo, hi = (float(v.numpy()) for v in cell.learned_range(point))
         assert lo < hi and lo != -6.0 and hi != 6.0, point
+
+
+@pytest.mark.parametrize("layer", [L.GRU, L.SimpleRNN])
+def test_one_batch_of_small_inputs_gives_every_point_its_range(layer):
+    """Projections of about 0.01 round to 0 on a point's initial [-6, 6] grid: if calibration quantized on
+    those grids, every point after them would see zeros and keep a [0, 0] range (which the converter
+    cannot quantize). Calibration observes each point's own values instead."""
+    keras.utils.set_random_seed(0)
+    x = 0.001 * _data(16)
+    inputs = keras.Input((T, F))
+    model = keras.Model(inputs, layer(4, name="rnn")(inputs))
+    qat = lt.quantize_model(model)
+    lt.calibrate(qat, x)  # a single batch
+    (cell,) = cells_of(qat.get_layer("quant_rnn").layer)
+    widths = {point: float(hi.numpy() - lo.numpy()) for point, (lo, hi) in
+              ((p, cell.learned_range(p)) for p in cell.learned_points)}
+    assert len(widths) >= 3 and all(width > 1e-4 for width in widths.values()), widths
