@@ -127,3 +127,12 @@ def bias_scale_mismatches(flatbuffer):
             if not np.allclose(scale(b), want, rtol=1e-5, atol=0):
                 found.append((op["op_name"], details[int(op["inputs"][b])]["name"], scale(b), want))
     return found
+
+
+def qat_weight(qat_model, endswith):
+    """The fake-quantized value (as the QAT model uses it at inference) of the weight named `...endswith`."""
+    for w in qat_model.layers:
+        for var, quantizer, qvars in getattr(w, "_weight_vars", []):
+            if var.name.split(":")[0].endswith(endswith):
+                return w._make_quantizer_fn(quantizer, var, False, qvars)().numpy()
+    raise KeyError(endswith)

@@ -20,7 +20,7 @@ from lstm_transforms.export import ExportError, ExportWarning, convert, export_t
 from lstm_transforms import data as data_mod
 from lstm_transforms.export.verify import integer_violations, requantizations
 from lstm_transforms.quantizers import power_of_two_bound
-from tests.export_helpers import bias_scale_mismatches, lsb_errors, summary
+from tests.export_helpers import bias_scale_mismatches, lsb_errors, qat_weight, summary
 
 L = keras.layers
 T, F, CLASSES = 12, 6, 3
@@ -46,15 +46,6 @@ def _qat(model, x, y, epochs=2, scheme=None):
 def _model(rnn, shape=(T, F)):
     i = keras.Input(shape)
     return keras.Model(i, L.Dense(CLASSES, activation="softmax")(rnn(i)))
-
-
-def _qat_weight(qat_model, endswith):
-    """The fake-quantized value (as the QAT model uses it at inference) of the weight named `...endswith`."""
-    for w in qat_model.layers:
-        for var, quantizer, qvars in getattr(w, "_weight_vars", []):
-            if var.name.split(":")[0].endswith(endswith):
-                return w._make_quantizer_fn(quantizer, var, False, qvars)().numpy()
-    raise KeyError(endswith)
 
 
 def _assert_gates_equal(gates, kernel, recurrent_kernel):
@@ -97,7 +88,7 @@ def test_lstm_fuses_is_integer_and_keeps_the_qat_weights_per_gate(lstm_case):
     assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1 and "WHILE" not in ops
     assert integer_violations(fb) == []
     (gates,) = tflite_utils.lstm_gate_weights(fb)
-    _assert_gates_equal(gates, _qat_weight(qat, "lstm_cell/kernel"), _qat_weight(qat, "lstm_cell/recurrent_kernel"))
+    _assert_gates_equal(gates, qat_weight(qat, "lstm_cell/kernel"), qat_weight(qat, "lstm_cell/recurrent_kernel"))
     for gate in gates.values():  # max-abs scale per gate matrix, as the QAT quantizer
         np.testing.assert_allclose(gate["scale"][0], np.abs(gate["value"]).max() / 127, rtol=1e-6)
     # Every int32 bias (the LSTM's four gate biases, the Dense's) at input_scale * weight_scale.
@@ -175,7 +166,7 @@ def test_bidirectional_lstm_is_two_fused_ops_with_the_qat_weights():
     fb = export_tflite(qat, x)
     assert tflite_utils.op_names(fb).count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2
     assert integer_violations(fb) == []
-    expected = [(_qat_weight(qat, f"{d}_lstm/lstm_cell/kernel"), _qat_weight(qat, f"{d}_lstm/lstm_cell/recurrent_kernel"))
+    expected = [(qat_weight(qat, f"{d}_lstm/lstm_cell/kernel"), qat_weight(qat, f"{d}_lstm/lstm_cell/recurrent_kernel"))
                 for d in ("forward", "backward")]
     for gates in tflite_utils.lstm_gate_weights(fb):  # each fused op matched to its direction by its weights
         k, rk = min(expected, key=lambda e: np.abs(np.split(e[0], 4, 1)[0] - gates["input_to_input"]["value"]).max())
@@ -206,12 +197,12 @@ def test_stock_tfmot_conv_and_dense_weights_are_exact():
     assert integer_violations(fb) == []
     weights = tflite_utils.weights(fb)
     conv = next(v for k, v in weights.items() if "conv" in k)
-    np.testing.assert_allclose(np.transpose(conv[0], (1, 2, 3, 0)), _qat_weight(qat, "conv/kernel"), atol=1e-6)
+    np.testing.assert_allclose(np.transpose(conv[0], (1, 2, 3, 0)), qat_weight(qat, "conv/kernel"), atol=1e-6)
     assert conv[1]["quantization_parameters"]["scales"].size == 3  # per output channel
     for name in ("hidden", "dense"):
         value, detail = next(v for k, v in weights.items() if f"/{name}/" in k and "MatMul" in k)
         assert detail["quantization_parameters"]["scales"].size == 1  # per tensor, like tfmot
-        np.testing.assert_allclose(value.T, _qat_weight(qat, f"{name}/kernel"), atol=1e-6)
+        np.testing.assert_allclose(value.T, qat_weight(qat, f"{name}/kernel"), atol=1e-6)
     assert bias_scale_mismatches(fb) == []
     _assert_same_predictions(tflite_utils.predict(fb, x), qat.predict(x, verbose=0), 0.1)
 
@@ -271,13 +262,13 @@ def test_low_bit_weights_are_stored_on_their_grid_and_the_cell_clip_is_written()
         warnings.simplefilter("error", ExportWarning)  # exact: nothing to warn about
         fb = export_tflite(qat, x)
     (gates,) = tflite_utils.lstm_gate_weights(fb)
-    _assert_gates_equal(gates, _qat_weight(qat, "lstm_cell/kernel"), _qat_weight(qat, "lstm_cell/recurrent_kernel"))
+    _assert_gates_equal(gates, qat_weight(qat, "lstm_cell/kernel"), qat_weight(qat, "lstm_cell/recurrent_kernel"))
     for name, gate in gates.items():
         assert len(np.unique(gate["int8"])) <= 2 ** 4, name
     dense = next(v for k, v in tflite_utils.weights(fb).items() if "dense" in k)
     codes = dense[0] / dense[1]["quantization_parameters"]["scales"][0]
     assert len(np.unique(np.round(codes))) <= 2 ** 4
-    np.testing.assert_allclose(dense[0].T, _qat_weight(qat, "dense/kernel"), atol=1e-6)
+    np.testing.assert_allclose(dense[0].T, qat_weight(qat, "dense/kernel"), atol=1e-6)
     assert bias_scale_mismatches(fb) == []
     from lstm_transforms.export import _flatbuffer
 

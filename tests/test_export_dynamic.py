@@ -14,6 +14,7 @@ from lstm_transforms._keras import keras, tf
 from lstm_transforms.export import ExportError, baked_float_model, convert, deployment_plan, export_tflite
 from lstm_transforms.export.convert import _input_specs, _save
 from lstm_transforms.export.verify import float_weights, verify_weights_only
+from tests.export_helpers import qat_weight
 
 L = keras.layers
 T, F, CLASSES = 12, 6, 3
@@ -39,15 +40,6 @@ def _lstm_model(units=16):
     i = keras.Input((T, F))
     h = L.Dense(16, activation="relu", name="hidden")(L.LSTM(units, name="lstm")(i))
     return keras.Model(i, L.Dense(CLASSES, activation="softmax", name="dense")(h))
-
-
-def _qat_weight(qat_model, endswith):
-    """The fake-quantized value (as the QAT model uses it at inference) of the weight named `...endswith`."""
-    for w in qat_model.layers:
-        for var, quantizer, qvars in getattr(w, "_weight_vars", []):
-            if var.name.split(":")[0].endswith(endswith):
-                return w._make_quantizer_fn(quantizer, var, False, qvars)().numpy()
-    raise KeyError(endswith)
 
 
 def _assert_on_grid(codes, scale, qat_values, name):
@@ -78,7 +70,7 @@ def lstm_case():
 def test_lstm_gate_weights_are_the_qat_codes(lstm_case):
     qat, _, fb = lstm_case
     (gates,) = tflite_utils.lstm_gate_weights(fb)
-    kernel, recurrent = _qat_weight(qat, "lstm_cell/kernel"), _qat_weight(qat, "lstm_cell/recurrent_kernel")
+    kernel, recurrent = qat_weight(qat, "lstm_cell/kernel"), qat_weight(qat, "lstm_cell/recurrent_kernel")
     for k, gate in enumerate(tflite_utils.KERAS_GATE_ORDER):
         for prefix, full in (("input_to_", kernel), ("recurrent_to_", recurrent)):
             got = gates[prefix + gate]
@@ -91,7 +83,7 @@ def test_dense_weights_are_the_qat_codes_per_tensor(lstm_case):
     qat, _, fb = lstm_case
     for name in ("hidden", "dense"):  # 16x16 and 16x3: both below the converter's threshold
         codes, scale = _dense_weight(fb, name)
-        _assert_on_grid(codes, scale, _qat_weight(qat, f"{name}/kernel"), name)
+        _assert_on_grid(codes, scale, qat_weight(qat, f"{name}/kernel"), name)
 
 
 def test_activations_are_float_and_the_lstm_stays_fused(lstm_case):
@@ -127,7 +119,7 @@ def test_low_bit_weights_land_on_their_grid():
     qat = _qat(_lstm_model(8), x, y, scheme=lt.RNNQuantizeScheme(weight_bits=4))
     fb = export_tflite(qat, mode="dynamic")
     (gates,) = tflite_utils.lstm_gate_weights(fb)
-    kernel = _qat_weight(qat, "lstm_cell/kernel")
+    kernel = qat_weight(qat, "lstm_cell/kernel")
     for k, gate in enumerate(tflite_utils.KERAS_GATE_ORDER):
         got = gates["input_to_" + gate]
         block = np.split(kernel, 4, axis=1)[k]
@@ -142,7 +134,7 @@ def test_bidirectional_lstm_keeps_two_fused_ops_with_the_qat_codes():
     qat = _qat(keras.Model(i, L.Dense(CLASSES, activation="softmax")(L.Bidirectional(L.LSTM(8))(i))), x, y)
     fb = export_tflite(qat, mode="dynamic")
     assert tflite_utils.op_names(fb).count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2 and float_weights(fb) == []
-    expected = {d: np.split(_qat_weight(qat, f"{d}_lstm/lstm_cell/recurrent_kernel"), 4, axis=1)
+    expected = {d: np.split(qat_weight(qat, f"{d}_lstm/lstm_cell/recurrent_kernel"), 4, axis=1)
                 for d in ("forward", "backward")}
     for gates in tflite_utils.lstm_gate_weights(fb):  # each fused op matched to its direction by its weights
         blocks = min(expected.values(), key=lambda b: np.abs(b[0] - gates["recurrent_to_input"]["value"]).max())
@@ -163,7 +155,7 @@ def test_gru_exports_unrolled_with_int8_weights_and_runs():
     assert float_weights(fb) == []
     stored = [v for v, _ in tflite_utils.weights(fb).values()]
     for name in ("gru_cell/kernel", "gru_cell/recurrent_kernel"):  # one int8 tensor per gate, shared by all steps
-        for block in np.split(_qat_weight(qat, name), 3, axis=1):
+        for block in np.split(qat_weight(qat, name), 3, axis=1):
             assert any(v.shape == block.T.shape and np.allclose(v.T, block, rtol=0, atol=1e-6) for v in stored), name
     assert np.abs(tflite_utils.predict(fb, x) - _weights_only(qat, x)).max() < 0.01  # 12 steps of hybrid matmuls
 
