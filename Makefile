@@ -1,6 +1,6 @@
 # One command each, on a fresh machine with Python >= 3.10:
 #   make example   set up .venv and run the main example on real data (JapaneseVowels)
-#   make test      set up .venv and run the whole test suite (what .ci/run runs; 25 + 4 generated models)
+#   make test      set up .venv and run the whole test suite (what .ci/run runs; 25 + 2 generated models)
 #   make fuzz      a longer property-based run (40 + 6 generated models)
 #   make fuzz-long the long run (300 + 40 generated models; an hour or more on 2 cores)
 VENV ?= .venv

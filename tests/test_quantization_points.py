@@ -109,7 +109,10 @@ def test_weights_only_keeps_activations_float_and_fused_path():
 def test_ranges_learn_over_every_time_step_not_only_the_last():
     x = _x()
     x[:, :6] *= 6.0  # early steps drive h further than the last step does
-    qat = lt.quantize_model(_model(L.SimpleRNN(8, return_sequences=False, activation="relu"), x))
+    model = _model(L.SimpleRNN(8, return_sequences=False, activation="relu"), x)
+    rng = np.random.default_rng(0)  # fixed weights: a weakly recurrent cell, so h follows its input
+    model.layers[1].set_weights([0.5 * rng.standard_normal((5, 8)), 0.1 * rng.standard_normal((8, 8)), np.zeros(8)])
+    qat = lt.quantize_model(model)
     # Each pass feeds h(t-1) back through the range of the pass before: a few passes to converge.
     lt.calibrate(qat, x, passes=4)
     inputs = keras.Input(x.shape[1:])
