@@ -344,3 +344,21 @@ def test_export_rejects_bad_input():
     model = _model(lambda i: L.LSTM(2)(i))
     with pytest.raises(ValueError, match="representative_dataset"):
         export_tflite(model, None)
+
+
+def test_a_gru_that_is_zero_on_all_the_data_exports_with_a_warning_not_a_crash():
+    """Inputs ~1e-7 leave every GRU sum ~0: QAT learns ranges far narrower than TANH's 1/128 grid, and
+    TFLite's int8 ADD / SUB abort the process below an output scale of 2 * input scale / 2**20.
+    Export widens those sums (and says so) instead of handing the converter a crashing model."""
+    x = (_data(n=16)[0] * 1e-7).astype(np.float32)
+    model = keras.Sequential([keras.Input((T, F)), L.GRU(4, reset_after=False), L.Dense(2)])
+    qat = lt.quantize_model(model)
+    lt.calibrate(qat, x)
+    with pytest.warns(ExportWarning, match=r"sum\(s\) in layer\(s\) 'gru.*' have a range too narrow"):
+        flatbuffer = export_tflite(qat, x, int8_io=True)
+    assert integer_violations(flatbuffer, int8_io=True) == []
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    scale = interpreter.get_output_details()[0]["quantization"][0]
+    got = tflite_utils.predict(flatbuffer, x)
+    want = np.asarray(qat(x, training=False))
+    assert np.max(np.abs(got - want)) <= 2 * scale

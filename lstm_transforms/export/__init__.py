@@ -45,7 +45,7 @@ import warnings
 from lstm_transforms._keras import check_model
 from lstm_transforms import data as data_mod
 from lstm_transforms.export.bake import bake, baked_float_model, raise_if_blocked
-from lstm_transforms.export.convert import convert
+from lstm_transforms.export.convert import convert, layer_names_in
 from lstm_transforms.export.deployed import FakeQuant
 from lstm_transforms.export.errors import ExportError, ExportWarning
 from lstm_transforms.export.plan import deployment_plan, plan
@@ -101,6 +101,11 @@ def export_tflite(qat_model, representative_dataset=None, *, mode="full", int8_i
     if report.get("off_grid"):
         warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} could not be stored on their QAT grid; "
                       "they are stored as the converter rounded them.", ExportWarning, stacklevel=2)
+    if report.get("widened"):
+        where = ", ".join(repr(n) for n in layer_names_in("\n".join(report["widened"]), baked.model)) or "?"
+        warnings.warn(f"'{qat_model.name}': {len(report['widened'])} sum(s) in layer(s) {where} have a range too "
+                      "narrow for TFLite's int8 ADD / SUB (the tensor is ~0 on all the data); widened to the "
+                      "narrowest range the kernel accepts.", ExportWarning, stacklevel=2)
     verify(flatbuffer, model_plan, int8_io=int8_io)  # 4. verify
     return flatbuffer
 

@@ -6,6 +6,7 @@
   writes h with the intermediate's parameters and reads it back with the state's), its cell state
   bound and its CellClip. The range follows the LSTM output through ops that keep their input's
   scale (RESHAPE, STRIDED_SLICE, REVERSE_V2, ...); a CONCATENATION gets the union of its inputs.
+  ADD / SUB outputs too narrow for the int8 kernels are widened (`widen_narrow_sums`).
 * `regrid_weights`: int8 weights whose QAT grid is coarser than the converter's (2-7-bit weights,
   stale tfmot weight ranges) are re-expressed exactly on it (codes k*m, scale step/m), so they
   dequantize to the QAT weights.
@@ -155,8 +156,9 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), 
     tensors of a GRU / SimpleRNN step, `{tag}_zero_tinit`, its zero state, and `{tag}_<point>_tall`,
     an input projection of all steps). `fixed_activations`: TANH /
     LOGISTIC outputs get their int8 kernels' fixed ranges. Then every group of tensors
-    TFLite gives one scale (`_scale_groups`) gets one range. Returns (bytes, indices of
-    `lstm_ranges` and of `op_ranges` that matched no op).
+    TFLite gives one scale (`_scale_groups`) gets one range, and sums too narrow for their kernel are
+    widened. Returns (bytes, indices of `lstm_ranges` and of `op_ranges` that matched no op, names
+    of the widened tensors).
     """
     model = read(calibrated)
     graph = model.subgraphs[0]
@@ -210,8 +212,60 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), 
             if op_name(model, op) in _FIXED_INT8_RANGES:
                 _set_range(graph.tensors[op.outputs[0]], *_FIXED_INT8_RANGES[op_name(model, op)])
     _share_group_ranges(model, graph)
+    widened = widen_narrow_sums(model, graph)
     return (write(model), [k for k in range(len(lstm_ranges)) if k not in matched],
-            [k for k in range(len(op_ranges)) if k not in matched_ops])
+            [k for k in range(len(op_ranges)) if k not in matched_ops], widened)
+
+
+# An int8 ADD / SUB brings both inputs to 2 * max(input scale), shifted left by 20 bits, and then to the
+# output scale with a multiplier that TFLite and TFLM require to be below 1 (QuantizeMultiplierSmallerThanOneExp
+# aborts the process otherwise): the output scale must exceed 2 * max(input scale) / 2**20.
+_SUM_LEFT_SHIFT = 20
+_SUM_MARGIN = 1.01
+
+
+def _range_scale(model, tensor):
+    """The int8 scale of a tensor's statistics (0 included), or of a constant's values; None if neither."""
+    bounds = _get_range(tensor)
+    if bounds is None:
+        values = _constant(model, tensor, np.float32)
+        if values is None or not values.size:
+            return None
+        bounds = float(values.min()), float(values.max())
+    lo, hi = min(bounds[0], 0.0), max(bounds[1], 0.0)
+    return (hi - lo) / 255.0
+
+
+def widen_narrow_sums(model, graph):
+    """Widen every ADD / SUB output range too narrow for the int8 kernels' output multiplier (see above).
+
+    Happens only where a learned or calibrated range is orders of magnitude narrower than an input's
+    (a tensor that is ~0 on all the data next to a fixed-grid TANH): the range is scaled about 0 (the
+    zero point stays) to the smallest width the kernel accepts, with every tensor sharing its scale.
+    Ops are visited in execution order, so later sums see the widened inputs. Returns the names of the
+    widened tensors.
+    """
+    groups, _ = _scale_groups(model, graph)
+    group_of = {t: members for members in groups.values() for t in members}
+    widened = []
+    for op in graph.operators:
+        if op_name(model, op) not in ("ADD", "SUB"):
+            continue
+        scales = [_range_scale(model, graph.tensors[i]) for i in op.inputs if i >= 0]
+        out = graph.tensors[op.outputs[0]]
+        bounds = _get_range(out)
+        if bounds is None or not scales or any(s is None for s in scales):
+            continue
+        needed = _SUM_MARGIN * 2.0 * max(scales) / 2 ** _SUM_LEFT_SHIFT
+        scale = _range_scale(model, out)
+        if scale >= needed:
+            continue
+        lo, hi = min(bounds[0], 0.0), max(bounds[1], 0.0)
+        new = (lo * needed / scale, hi * needed / scale) if scale > 0 else (0.0, 255.0 * needed)
+        for t in group_of.get(int(op.outputs[0]), [int(op.outputs[0])]):
+            _set_range(graph.tensors[t], *new)
+        widened.append(bytes(out.name).decode())
+    return widened
 
 
 def _floor_cell_range(tensor):

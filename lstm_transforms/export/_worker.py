@@ -72,7 +72,7 @@ def _convert(workdir):
         converter._experimental_calibrate_only = True
         calibrated = _flatbuffer.measure_ranges(converter.convert(), arrays)
         input_ranges, lstm_ranges, op_ranges, grids = _load_ranges(workdir, options)
-        calibrated, report["unmatched_lstm_ranges"], report["unmatched_op_ranges"] = (
+        calibrated, report["unmatched_lstm_ranges"], report["unmatched_op_ranges"], report["widened"] = (
             _flatbuffer.set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges,
                                                options.get("named_ranges", {}), fixed_activations=not int16))
         if int16:  # the converter's 16x8 quantizer (not MLIR), on the same edited statistics

@@ -24,7 +24,7 @@ from lstm_transforms._keras import check_model, keras, tf
 from lstm_transforms import data as data_mod
 from lstm_transforms.export.errors import ExportError
 
-__all__ = ["convert"]
+__all__ = ["convert", "layer_names_in"]
 
 
 def convert(model, representative_dataset=None, *, int8_io=False, max_samples=None, timeout=600, progress=False,
@@ -152,7 +152,7 @@ def _draw_progress(done, total, width=30):
     sys.stderr.flush()
 
 
-def _layer_names_in(text, model):
+def layer_names_in(text, model):
     names = sorted({layer.name for layer in model.layers}, key=len, reverse=True)
     found = []
     for name in names:
@@ -190,7 +190,7 @@ def _conversion_error(proc, workdir, model):
         with open(err_file) as f:
             detail = f.read().strip()
     text = detail + "\n" + (proc.stderr or "")
-    names = _layer_names_in(text, model)
+    names = layer_names_in(text, model)
     if proc.returncode < 0:
         try:
             sig = signal.Signals(-proc.returncode).name
