@@ -62,7 +62,7 @@ EXAMPLES = int(os.environ.get("LT_FUZZ_EXAMPLES", "25"))
 EXPORT_TOLERANCE = 0.25  # int8 flatbuffer vs QAT Keras model, same relative scale
 # TFLite's own full-int8 LSTM kernel saturates on 2-unit LSTMs (stock post-training int8 of the *float*
 # model gives the same wrong, constant outputs), so exported models have >= 4 units per layer.
-EXPORT_EXAMPLES = int(os.environ.get("LT_FUZZ_EXPORT_EXAMPLES", "2"))
+EXPORT_EXAMPLES = int(os.environ.get("LT_FUZZ_EXPORT_EXAMPLES", "4"))
 
 KINDS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Stacked")
 CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")

@@ -145,7 +145,7 @@ _FIXED_INT8_RANGES = {"TANH": (-1.0, 1.0 - 1.0 / 128), "LOGISTIC": (0.0, 1.0 - 1
 
 
 def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), named_ranges=None,
-                           fixed_activations=True):
+                           int16=False):
     """Write QAT ranges into a calibrated (not yet quantized) flatbuffer.
 
     `input_ranges`: {input tensor name: (lo, hi)}. `lstm_ranges`: dicts with `input_to_forget`
@@ -154,7 +154,7 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), 
     FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op with that kernel. `named_ranges`: {tag: (lo, hi)}
     for the tensors named `.../{tag}_t<step>` (the h of unrolled cells; also `{tag}_<point>_t<step>`, the other
     tensors of a GRU / SimpleRNN step, `{tag}_zero_tinit`, its zero state, and `{tag}_<point>_tall`,
-    an input projection of all steps). `fixed_activations`: TANH /
+    an input projection of all steps). Int8 activations (`int16=False`): TANH /
     LOGISTIC outputs get their int8 kernels' fixed ranges. Then every group of tensors
     TFLite gives one scale (`_scale_groups`) gets one range, and sums too narrow for their kernel are
     widened. Returns (bytes, indices of `lstm_ranges` and of `op_ranges` that matched no op, names
@@ -207,20 +207,21 @@ def set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges=(), 
             found = tags.search(part)
             if found and found.group(1) in (named_ranges or {}):
                 _set_range(tensor, *named_ranges[found.group(1)])
-    if fixed_activations:
+    if not int16:
         for op in graph.operators:
             if op_name(model, op) in _FIXED_INT8_RANGES:
                 _set_range(graph.tensors[op.outputs[0]], *_FIXED_INT8_RANGES[op_name(model, op)])
     _share_group_ranges(model, graph)
-    widened = widen_narrow_sums(model, graph)
+    widened = widen_narrow_sums(model, graph, _SUM_LEFT_SHIFT[16 if int16 else 8])
     return (write(model), [k for k in range(len(lstm_ranges)) if k not in matched],
             [k for k in range(len(op_ranges)) if k not in matched_ops], widened)
 
 
-# An int8 ADD / SUB brings both inputs to 2 * max(input scale), shifted left by 20 bits, and then to the
-# output scale with a multiplier that TFLite and TFLM require to be below 1 (QuantizeMultiplierSmallerThanOneExp
-# aborts the process otherwise): the output scale must exceed 2 * max(input scale) / 2**20.
-_SUM_LEFT_SHIFT = 20
+# An integer ADD / SUB brings both inputs to 2 * max(input scale), shifted left by 20 bits (int8; 15 for
+# int16), and then to the output scale with a multiplier that TFLite and TFLM require to be below 1
+# (QuantizeMultiplierSmallerThanOneExp aborts the process otherwise): the output scale must exceed
+# 2 * max(input scale) / 2**shift. Scales in proportion to range widths, so widths are compared.
+_SUM_LEFT_SHIFT = {8: 20, 16: 15}
 _SUM_MARGIN = 1.01
 
 
@@ -236,7 +237,7 @@ def _range_scale(model, tensor):
     return (hi - lo) / 255.0
 
 
-def widen_narrow_sums(model, graph):
+def widen_narrow_sums(model, graph, left_shift):
     """Widen every ADD / SUB output range too narrow for the int8 kernels' output multiplier (see above).
 
     Happens only where a learned or calibrated range is orders of magnitude narrower than an input's
@@ -256,7 +257,7 @@ def widen_narrow_sums(model, graph):
         bounds = _get_range(out)
         if bounds is None or not scales or any(s is None for s in scales):
             continue
-        needed = _SUM_MARGIN * 2.0 * max(scales) / 2 ** _SUM_LEFT_SHIFT
+        needed = _SUM_MARGIN * 2.0 * max(scales) / 2 ** left_shift
         scale = _range_scale(model, out)
         if scale >= needed:
             continue

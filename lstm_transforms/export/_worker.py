@@ -74,7 +74,7 @@ def _convert(workdir):
         input_ranges, lstm_ranges, op_ranges, grids = _load_ranges(workdir, options)
         calibrated, report["unmatched_lstm_ranges"], report["unmatched_op_ranges"], report["widened"] = (
             _flatbuffer.set_calibration_ranges(calibrated, input_ranges, lstm_ranges, op_ranges,
-                                               options.get("named_ranges", {}), fixed_activations=not int16))
+                                               options.get("named_ranges", {}), int16=int16))
         if int16:  # the converter's 16x8 quantizer (not MLIR), on the same edited statistics
             from tensorflow.lite.python.optimize import calibrator
 
