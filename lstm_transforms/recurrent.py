@@ -245,8 +245,9 @@ class _QuantizedLoopMixin:
 
 def _row_extremes(layout, sink):
     """(minima, maxima), each (batch, len(layout)): the extremes over the last axis of each statistic
-    of one step, in `layout` order. The statistics of one width are stacked and reduced
-    together: two reductions per step instead of two per statistic."""
+    of one step, in `layout` order. One reduction per statistic and extreme: stacking the statistics
+    to reduce them together costs more than the reductions (a Pack of 13 (64, 128) tensors in a
+    loop step: 95-130 us; 26 reductions and two concats: about 35 us)."""
     found = {(cell, key): value for cell, key, value in sink}
     if len(found) != len(sink) or set(found) != set(layout):
         reported = [(cell.name, key) for cell, key, _ in sink]
@@ -254,24 +255,9 @@ def _row_extremes(layout, sink):
         raise RuntimeError(
             f"A quantized step reported the statistics {reported}, expected {expected} (its cells' STATISTICS)."
         )
-    groups = {}  # static shape -> positions in `layout`
-    for k, cell_key in enumerate(layout):
-        groups.setdefault(tuple(found[cell_key].shape.as_list()), []).append(k)
-    lowest, highest, order = [], [], []
-    for shape, positions in groups.items():
-        values = [tf.cast(found[layout[k]], tf.float32) for k in positions]
-        if None in shape[1:] or len(values) == 1:
-            lowest += [tf.reduce_min(v, axis=-1, keepdims=True) for v in values]
-            highest += [tf.reduce_max(v, axis=-1, keepdims=True) for v in values]
-        else:
-            stacked = tf.stack(values, axis=-2)
-            lowest.append(tf.reduce_min(stacked, axis=-1))
-            highest.append(tf.reduce_max(stacked, axis=-1))
-        order += positions
-    lowest, highest = tf.concat(lowest, axis=-1), tf.concat(highest, axis=-1)
-    if order != sorted(order):
-        permutation = [order.index(k) for k in range(len(order))]
-        lowest, highest = tf.gather(lowest, permutation, axis=-1), tf.gather(highest, permutation, axis=-1)
+    values = [tf.cast(found[cell_key], tf.float32) for cell_key in layout]
+    lowest = tf.concat([tf.reduce_min(value, axis=-1, keepdims=True) for value in values], axis=-1)
+    highest = tf.concat([tf.reduce_max(value, axis=-1, keepdims=True) for value in values], axis=-1)
     return lowest, highest
 
 
