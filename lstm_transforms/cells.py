@@ -131,8 +131,10 @@ class _QuantizedCellMixin:
         return x if bias is None else x + bias
 
     def freeze_bounds(self, frozen):
-        """While True, the fake-quant bounds are computed once (now) instead of in every step."""
+        """While True, the fake-quant bounds and the bias are computed and read once (now) instead of
+        in every step."""
         bounds = None
+        object.__setattr__(self, "_frozen_bias", self._read_bias() if frozen and self.use_bias else None)
         if frozen:
             bounds = {point: asymmetric_bounds(*self.learned_range(point)) for point in self.learned_points}
             if "cell_state" in self.STATISTICS:
@@ -140,6 +142,15 @@ class _QuantizedCellMixin:
                     self.quant_cell_max_abs, self.options.state_bits, self.options.cell_clip
                 )
         object.__setattr__(self, "_frozen_bounds", bounds)
+
+    def _read_bias(self):
+        """The bias as the step uses it (a tensor; for GRU(reset_after=True) its two rows)."""
+        return tf.convert_to_tensor(self.bias)
+
+    def _step_bias(self):
+        """`_read_bias()`, read once per layer call while `freeze_bounds(True)`."""
+        frozen = getattr(self, "_frozen_bias", None)
+        return self._read_bias() if frozen is None else frozen
 
     def _bounds(self, key):
         frozen = getattr(self, "_frozen_bounds", None)
@@ -248,7 +259,7 @@ class QuantizedLSTMCell(_QuantizedCellMixin, keras.layers.LSTMCell):
         return h, [h, c]
 
     def _input_bias(self):
-        return self.bias if self.use_bias else None
+        return self._step_bias() if self.use_bias else None
 
 
 class _UnrolledStepMixin:
@@ -306,7 +317,7 @@ class QuantizedGRUCell(_UnrolledStepMixin, _QuantizedCellMixin, keras.layers.GRU
         if self.reset_after:
             inner = tf.matmul(h_in, self.recurrent_kernel)
             if self.use_bias:
-                inner = tf.nn.bias_add(inner, self.bias[1])
+                inner = tf.nn.bias_add(inner, self._step_bias()[1])
             r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
         else:
             r_z, r_r = tf.split(tf.matmul(h_in, self.recurrent_kernel[:, : 2 * self.units]), 2, axis=-1)
@@ -327,7 +338,11 @@ class QuantizedGRUCell(_UnrolledStepMixin, _QuantizedCellMixin, keras.layers.GRU
     def _input_bias(self):
         if not self.use_bias:
             return None
-        return self.bias[0] if self.reset_after else self.bias
+        return self._step_bias()[0] if self.reset_after else self._step_bias()
+
+    def _read_bias(self):
+        bias = tf.convert_to_tensor(self.bias)
+        return tf.unstack(bias) if self.reset_after else bias
 
 
 class QuantizedSimpleRNNCell(_UnrolledStepMixin, _QuantizedCellMixin, keras.layers.SimpleRNNCell):
@@ -363,7 +378,7 @@ class QuantizedSimpleRNNCell(_UnrolledStepMixin, _QuantizedCellMixin, keras.laye
         return h, ([h] if tf.nest.is_nested(states) else h)
 
     def _input_bias(self):
-        return self.bias if self.use_bias else None
+        return self._step_bias() if self.use_bias else None
 
 
 QUANTIZED_CELLS = {cls.FLOAT_CLASS: cls for cls in (QuantizedLSTMCell, QuantizedGRUCell, QuantizedSimpleRNNCell)}

@@ -122,17 +122,20 @@ class _QuantizedLoopMixin:
         timesteps = backend.int_shape(tf.nest.flatten(inputs)[0])[0 if self.time_major else 1]
         kwargs = {"training": training} if generic_utils.has_arg(self.cell.call, "training") else {}
         is_tf_rnn_cell = getattr(self.cell, "_is_tf_rnn_cell", None) is not None
-        # (cell, statistic) of each pair of columns (-min, max) of the extremes state.
+        # (cell, statistic) of each column of the two extremes states (minima, maxima).
         layout = [(cell, key) for cell in cells for key in cell.STATISTICS] if collect else []
         if layout:
             batch = tf.shape(tf.nest.flatten(initial_state)[0])[0]
-            initial_state = list(initial_state) + [tf.fill([batch, 2 * len(layout)], -float("inf"))]
+            initial_state = list(initial_state) + [
+                tf.fill([batch, len(layout)], float("inf")),
+                tf.fill([batch, len(layout)], -float("inf")),
+            ]
 
         def step(step_inputs, states):
             if constants:
                 states, consts = states[: -self._num_constants], states[-self._num_constants :]
             if layout:
-                states, extremes = states[:-1], states[-1]
+                states, (lowest, highest) = states[:-2], states[-2:]
             sink = [] if layout else None
             for cell in cells:
                 cell.collect_statistics(sink)
@@ -148,7 +151,12 @@ class _QuantizedLoopMixin:
             if not tf.nest.is_nested(new_states):
                 new_states = [new_states]
             if layout:
-                new_states = list(new_states) + [tf.maximum(extremes, _row_extremes(layout, sink))]
+                step_lowest, step_highest = _row_extremes(layout, sink)
+                # No gradient through the carried extremes either: while_v2 would differentiate them.
+                new_states = list(new_states) + [
+                    tf.stop_gradient(tf.minimum(lowest, step_lowest)),
+                    tf.stop_gradient(tf.maximum(highest, step_highest)),
+                ]
             return output, new_states
 
         last_output, outputs, states = backend.rnn(
@@ -165,12 +173,13 @@ class _QuantizedLoopMixin:
             return_all_outputs=self.return_sequences,
         )
         if layout:
-            states, extremes = list(states[:-1]), states[-1]
+            states, (lowest, highest) = list(states[:-2]), states[-2:]
             padded_length = tf.shape(tf.nest.flatten(inputs)[0])[0 if self.time_major else 1]
             zeros = self._rows_given_zero_outputs(mask, row_lengths, padded_length)
             if zeros is not None:
-                extremes = tf.where(zeros[:, None], tf.maximum(extremes, 0.0), extremes)
-            self._queue_statistics(layout, tf.reduce_max(extremes, axis=0), training)
+                lowest = tf.where(zeros[:, None], tf.minimum(lowest, 0.0), lowest)
+                highest = tf.where(zeros[:, None], tf.maximum(highest, 0.0), highest)
+            self._queue_statistics(layout, tf.reduce_min(lowest, axis=0), tf.reduce_max(highest, axis=0), training)
 
         if self.stateful:
             updates = [
@@ -209,12 +218,12 @@ class _QuantizedLoopMixin:
         return any_masked if self.zero_output_for_mask else tf.logical_not(first_kept)
 
     @staticmethod
-    def _queue_statistics(layout, extremes, training):
-        """Fold the batch's extremes (`extremes`: -min, max of each statistic in `layout`) into the
-        ranges now, or when the enclosing `deferred_range_updates` block ends."""
+    def _queue_statistics(layout, lowest, highest, training):
+        """Fold the batch's extremes (`lowest`, `highest`: min and max of each statistic in `layout`)
+        into the ranges now, or when the enclosing `deferred_range_updates` block ends."""
         per_cell = {}
         for k, (cell, key) in enumerate(layout):
-            per_cell.setdefault(cell, {})[key] = (-extremes[2 * k], extremes[2 * k + 1])
+            per_cell.setdefault(cell, {})[key] = (lowest[k], highest[k])
         queued = getattr(_pending, "updates", None)
         if queued is None:
             _QuantizedLoopMixin._fold_statistics(per_cell, training)
@@ -235,8 +244,10 @@ class _QuantizedLoopMixin:
 
 
 def _row_extremes(layout, sink):
-    """(batch, 2 * len(layout)): -min and max over the last axis of each statistic of one step,
-    in `layout` order (no gradient)."""
+    """(minima, maxima), each (batch, len(layout)): the extremes over the last axis of each statistic
+    of one step, in `layout` order. One reduction per statistic and extreme: stacking the statistics
+    to reduce them together costs more than the reductions (a Pack of 13 (64, 128) tensors in a
+    loop step: 95-130 us; 26 reductions and two concats: about 35 us)."""
     found = {(cell, key): value for cell, key, value in sink}
     if len(found) != len(sink) or set(found) != set(layout):
         reported = [(cell.name, key) for cell, key, _ in sink]
@@ -244,11 +255,10 @@ def _row_extremes(layout, sink):
         raise RuntimeError(
             f"A quantized step reported the statistics {reported}, expected {expected} (its cells' STATISTICS)."
         )
-    columns = []
-    for cell_key in layout:
-        value = tf.cast(found[cell_key], tf.float32)
-        columns += [-tf.reduce_min(value, axis=-1, keepdims=True), tf.reduce_max(value, axis=-1, keepdims=True)]
-    return tf.stop_gradient(tf.concat(columns, axis=-1))
+    values = [tf.cast(found[cell_key], tf.float32) for cell_key in layout]
+    lowest = tf.concat([tf.reduce_min(value, axis=-1, keepdims=True) for value in values], axis=-1)
+    highest = tf.concat([tf.reduce_max(value, axis=-1, keepdims=True) for value in values], axis=-1)
+    return lowest, highest
 
 
 @contextlib.contextmanager
