@@ -3,6 +3,7 @@
     python benchmarks/bench_qat_speed.py                      # T=50, 128 units, 3 runs
     python benchmarks/bench_qat_speed.py --sizes 50x128 200x128 50x512
     python benchmarks/bench_qat_speed.py --jit                # compile(jit_compile=True) for both
+    python benchmarks/bench_qat_speed.py --jit qat            # XLA for the QAT models only
     python benchmarks/bench_qat_speed.py --mirrored           # MirroredStrategy, two logical CPUs
 
 Model: Input(T, 32) -> RNN(units) -> Dense(10), batch 64, Adam. For each layer kind the float, the
@@ -40,7 +41,8 @@ def _arguments(argv=None):
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", nargs="+", type=_parse_size, default=[(50, 128)], metavar="TxUNITS")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
-    parser.add_argument("--jit", action="store_true", help="compile every model with jit_compile=True (XLA)")
+    parser.add_argument("--jit", nargs="?", const="all", choices=("all", "qat"), default=None,
+                        help="compile with jit_compile=True (XLA): every model (all) or the QAT models only (qat)")
     parser.add_argument("--mirrored", action="store_true", help="MirroredStrategy over two logical CPUs")
     parser.add_argument("--no-weights-only", action="store_true", help="skip the weights-only QAT model")
     return parser.parse_args(argv)
@@ -84,11 +86,11 @@ def _models(kind, timesteps, units, args, strategy):
         models = [model, lt.quantize_model(model)]
         if not args.no_weights_only:
             models.append(lt.quantize_model(model, scheme=lt.RNNQuantizeScheme(weights_only=True)))
-        for m in models:
+        for k, m in enumerate(models):
             m.compile(
                 optimizer="adam",
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=args.jit,
+                jit_compile=args.jit == "all" or (args.jit == "qat" and k > 0),
             )
     return models
 
@@ -104,7 +106,8 @@ def main(argv=None):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    setting = f"{'MirroredStrategy, 2 logical CPUs' if args.mirrored else 'one device'}{', XLA' if args.jit else ''}"
+    xla = {None: "", "all": ", XLA", "qat": ", XLA for the QAT models only"}[args.jit]
+    setting = f"{'MirroredStrategy, 2 logical CPUs' if args.mirrored else 'one device'}{xla}"
     print(f"batch {BATCH}, {FEATURES} features, {setting}; median of {args.steps} interleaved steps per run")
     worst = {}
     for timesteps, units in args.sizes:
