@@ -29,13 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import lstm_transforms  # noqa: E402
 from lstm_transforms import flatbuffer_size, tflite_utils  # noqa: E402
 from lstm_transforms._keras import keras  # noqa: E402
 from lstm_transforms.export import baked_float_model, convert, export_tflite  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_export import gru, lstm, question  # noqa: E402
+from bench_export import gru, lstm, question, trained_qat  # noqa: E402
 
 VARIANTS = ("full", "dynamic", "float")
 
@@ -61,14 +60,7 @@ def runtimes():
 def flatbuffers(build):
     keras.utils.set_random_seed(0)
     model = build()
-    shape = tuple(model.input.shape[1:])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64,) + shape).astype(np.float32)
-    y = rng.integers(0, model.output.shape[-1], 64)
-    qat = lstm_transforms.quantize_model(model)
-    lstm_transforms.calibrate(qat, x)
-    qat.compile("adam", "sparse_categorical_crossentropy")
-    qat.fit(x, y, epochs=1, verbose=0)
+    qat, x = trained_qat(model, calibrate=True)
     fbs = {"full": export_tflite(qat, x), "dynamic": export_tflite(qat, mode="dynamic"),
            "float": convert(baked_float_model(qat, qat_ranges=False))}
     return model.name, fbs, x

@@ -69,6 +69,20 @@ def bilstm():
     return keras.Model(i, L.Dense(9, activation="softmax")(L.Bidirectional(L.LSTM(32))(i)), name="bilstm32")
 
 
+def trained_qat(model, calibrate=False):
+    """(QAT model, its 64 random inputs): `model` quantized (and calibrated, with `calibrate`), then one
+    epoch of QAT on those inputs with random class labels (seeded)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64,) + tuple(model.input.shape[1:])).astype(np.float32)
+    y = rng.integers(0, model.output.shape[-1], 64)
+    qat = lstm_transforms.quantize_model(model)
+    if calibrate:
+        lstm_transforms.calibrate(qat, x)
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(x, y, epochs=1, verbose=0)
+    return qat, x
+
+
 def latency_ms(flatbuffer, x, repeats):
     it = tflite_utils.interpreter(flatbuffer, num_threads=1)
     inp = it.get_input_details()[0]
@@ -88,13 +102,7 @@ def main(repeats=300):
     rows = []
     for build in (lstm, question, bilstm, gru, simplernn):
         model = build()
-        shape = tuple(model.input.shape[1:])
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(64,) + shape).astype(np.float32)
-        y = rng.integers(0, model.output.shape[-1], 64)
-        qat = lstm_transforms.quantize_model(model)
-        qat.compile("adam", "sparse_categorical_crossentropy")
-        qat.fit(x, y, epochs=1, verbose=0)
+        qat, x = trained_qat(model)
         fb_float = convert(baked_float_model(model))
         fb_int8 = export_tflite(qat, x)
         fb_device = flatbuffer_size.strip_strings(export_tflite(qat, x, int8_io=True))

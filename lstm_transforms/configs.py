@@ -20,10 +20,21 @@ def _serialize(obj):
 
 
 def _deserialize(config):
-    return keras.utils.deserialize_keras_object(config)
+    """A config given as itself or as its serialized dict (what `from_config` receives)."""
+    return keras.utils.deserialize_keras_object(config) if isinstance(config, dict) else config
 
 
-class QuantizedCellConfig(QuantizeConfig):
+class _ConfigByValue(QuantizeConfig):
+    """Equal when of the same class with the same `get_config()` (tfmot's `from_config` rebuilds it)."""
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+
+class QuantizedCellConfig(_ConfigByValue):
     """Config for the built-in quantized cells: kernel and recurrent kernel, one scale per gate.
 
     The cell's activation quantization points live in the cell itself (``cells.py``): they sit
@@ -57,18 +68,12 @@ class QuantizedCellConfig(QuantizeConfig):
     def get_config(self):
         return {"num_gates": self.num_gates, "weight_bits": self.weight_bits}
 
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
 
-    def __ne__(self, other):
-        return not self == other
-
-
-class RNNQuantizeConfig(QuantizeConfig):
+class RNNQuantizeConfig(_ConfigByValue):
     """Quantizes every cell of a recurrent layer with that cell's config (one per cell, in order)."""
 
     def __init__(self, cell_configs):
-        self.cell_configs = [_deserialize(c) if isinstance(c, dict) else c for c in cell_configs]
+        self.cell_configs = [_deserialize(c) for c in cell_configs]
 
     def _pairs(self, layer):
         cells = cells_of(layer)
@@ -85,19 +90,23 @@ class RNNQuantizeConfig(QuantizeConfig):
     def get_activations_and_quantizers(self, layer):
         return [pair for cell, config in self._pairs(layer) for pair in config.get_activations_and_quantizers(cell)]
 
-    def set_quantize_weights(self, layer, quantize_weights):
+    def _share_out(self, layer, tensors, getter):
+        """(cell, config, the cell's slice of `tensors`) in cell order; `config.<getter>(cell)` lists one cell's."""
         start = 0
         for cell, config in self._pairs(layer):
-            count = len(config.get_weights_and_quantizers(cell))
-            config.set_quantize_weights(cell, quantize_weights[start : start + count])
+            count = len(getattr(config, getter)(cell))
+            yield cell, config, tensors[start : start + count]
             start += count
 
+    def set_quantize_weights(self, layer, quantize_weights):
+        owned = self._share_out(layer, quantize_weights, "get_weights_and_quantizers")
+        for cell, config, weights in owned:
+            config.set_quantize_weights(cell, weights)
+
     def set_quantize_activations(self, layer, quantize_activations):
-        start = 0
-        for cell, config in self._pairs(layer):
-            count = len(config.get_activations_and_quantizers(cell))
-            config.set_quantize_activations(cell, quantize_activations[start : start + count])
-            start += count
+        owned = self._share_out(layer, quantize_activations, "get_activations_and_quantizers")
+        for cell, config, activations in owned:
+            config.set_quantize_activations(cell, activations)
 
     def get_output_quantizers(self, layer):
         # Built-in quantized cells quantize their output (= h(t-1) of the next step) themselves.
@@ -106,22 +115,12 @@ class RNNQuantizeConfig(QuantizeConfig):
     def get_config(self):
         return {"cell_configs": [_serialize(c) for c in self.cell_configs]}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other
-
-
-class TimeDistributedQuantizeConfig(QuantizeConfig):
+class TimeDistributedQuantizeConfig(_ConfigByValue):
     """Quantizes the layer inside `TimeDistributed(...)` with that layer's own config."""
 
     def __init__(self, inner_config):
-        self.inner_config = _deserialize(inner_config) if isinstance(inner_config, dict) else inner_config
+        self.inner_config = _deserialize(inner_config)
 
     def get_weights_and_quantizers(self, layer):
         return self.inner_config.get_weights_and_quantizers(layer.layer)
@@ -140,13 +139,3 @@ class TimeDistributedQuantizeConfig(QuantizeConfig):
 
     def get_config(self):
         return {"inner_config": _serialize(self.inner_config)}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other

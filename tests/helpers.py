@@ -1,4 +1,7 @@
-"""Shared test helpers: calibration and the proof that a recurrent layer is really quantized."""
+"""Shared test helpers: calibration, the proof that a recurrent layer is really quantized, shared models."""
+
+import subprocess
+import sys
 
 import numpy as np
 
@@ -8,6 +11,8 @@ from lstm_transforms._keras import keras
 from lstm_transforms.cells import _QuantizedCellMixin
 from lstm_transforms.walk import cells_of
 from lstm_transforms.registry import is_recurrent
+
+K = keras.backend
 
 
 def calibrate(model, x, passes=3):
@@ -52,3 +57,46 @@ def assert_recurrent_quantized(model, x, expected_layers=1):
                 for v, value in zip(ranges, saved):
                     v.assign(value)
             assert any(not np.allclose(a, b) for a, b in zip(reference, changed)), f"{cell.name} range has no effect"
+
+
+def squeeze_last_dim(x):
+    """The original question's squeeze: `Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim")`."""
+    return keras.layers.Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim")(x)
+
+
+def question_model(squeeze, input_shape=(32, 32, 1), name=None, keras_module=keras):
+    """The original question's model, with `squeeze` taking its (batch, T, F, 1) tensor to (batch, T, F).
+
+    `keras_module` builds it: tf-keras (`lstm_transforms._keras.keras`) or Keras 3 (`keras`).
+    """
+    L = keras_module.layers
+    i = keras_module.Input(shape=input_shape)
+    x = L.Conv2D(1, (5, 1), activation="relu", padding="same")(i)
+    x = L.BatchNormalization()(x)
+    x = squeeze(x)
+    x = L.LSTM(64, return_sequences=True)(x)
+    x = L.Flatten()(x)
+    x = L.Dense(64, activation="relu")(x)
+    o = L.Dense(12, activation="softmax")(x)
+    return keras_module.Model(i, o, name=name)
+
+
+def subclassed_model(x, keras_module=keras):
+    """A subclassed model `Sub` around an LSTM(4), built by a call on `x`: no layer graph to quantize."""
+
+    class Sub(keras_module.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = keras_module.layers.LSTM(4)
+
+        def call(self, x):
+            return self.rnn(x)
+
+    model = Sub()
+    model(x)
+    return model
+
+
+def run_python(code):
+    """`code` run by a fresh Python interpreter (`python -c`), with its output captured as text."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,15 +1,12 @@
 """Public API contract: install/uninstall into stock tfmot, bad input, original model untouched."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
 
 import lstm_transforms as lt
 from lstm_transforms._keras import keras
-from tests.helpers import assert_recurrent_quantized, calibrate
+from tests.helpers import assert_recurrent_quantized, calibrate, run_python, subclassed_model
 
 L = keras.layers
 tfmot_keras = tfmot.quantization.keras
@@ -110,16 +107,7 @@ def test_bad_input_value_error(bad):
 
 
 def test_subclassed_model_rejected():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.rnn = L.LSTM(4)
-
-        def call(self, x):
-            return self.rnn(x)
-
-    model = Sub()
-    model(_x())
+    model = subclassed_model(_x())
     with pytest.raises(ValueError, match="subclassed model"):
         lt.quantize_model(model)
 
@@ -142,7 +130,7 @@ def test_import_has_no_side_effects():
         "import lstm_transforms as lt; assert q.quantize_model is f; assert not lt.is_installed();"
         "assert os.environ['TF_USE_LEGACY_KERAS'] == '1'; print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_python(code)
     assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 

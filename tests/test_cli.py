@@ -11,6 +11,7 @@ import lstm_transforms
 from lstm_transforms import tflite_utils
 from lstm_transforms._keras import keras
 from lstm_transforms.cli import main
+from tests.helpers import run_python
 
 L = keras.layers
 
@@ -193,7 +194,7 @@ def test_help_and_version_do_not_import_tensorflow():
         "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
         "print('TF_LOADED' if 'tensorflow' in sys.modules else 'NO_TF')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "NO_TF"
     assert "usage: lstm-transforms" in proc.stdout and "--unsafe-lambda" in proc.stdout

@@ -15,6 +15,7 @@ from lstm_transforms._keras import keras, tf
 from lstm_transforms.cli import main
 from lstm_transforms.datasets import load_japanese_vowels
 from lstm_transforms.export import convert, export_tflite
+from tests import helpers
 
 L = keras.layers
 K = keras.backend
@@ -22,15 +23,7 @@ K = keras.backend
 
 def question_model():
     """The original question's model (as in examples/japanese_vowels.py), on (29, 12, 1) inputs."""
-    i = keras.Input(shape=(29, 12, 1))
-    x = L.Conv2D(1, (5, 1), activation="relu", padding="same")(i)
-    x = L.BatchNormalization()(x)
-    x = L.Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim")(x)
-    x = L.LSTM(64, return_sequences=True)(x)
-    x = L.Flatten()(x)
-    x = L.Dense(64, activation="relu")(x)
-    o = L.Dense(12, activation="softmax")(x)
-    return keras.Model(i, o, name="question")
+    return helpers.question_model(helpers.squeeze_last_dim, input_shape=(29, 12, 1), name="question")
 
 
 def _classifier(name, *recurrent):

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 import lstm_transforms as lt
 from lstm_transforms._keras import keras, tf
 from lstm_transforms.export import ExportError
-from tests.helpers import assert_recurrent_quantized, calibrate
+from tests.helpers import assert_recurrent_quantized, calibrate, subclassed_model
 
 L = keras.layers
 T, F = 6, 5
@@ -59,16 +59,7 @@ def test_a_layer_instead_of_a_model():
 
 
 def test_subclassed_model():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.rnn = L.LSTM(4)
-
-        def call(self, x):
-            return self.rnn(x)
-
-    model = Sub()
-    model(_x())
+    model = subclassed_model(_x())
     with pytest.raises(ValueError, match=r"subclassed model \(Sub\).*Rebuild it with keras\.Input"):
         lt.quantize_model(model)
 

@@ -147,7 +147,21 @@ def specs(draw, min_units=2):
 # --------------------------------------------------------------------------------------------------
 
 
-def _cell(name, units, spec):
+@dataclasses.dataclass(frozen=True)
+class Flavour:
+    """The Keras a Spec is built with: tf-keras here, Keras 3 in tests/test_keras3.py."""
+
+    keras: object  # the module: Input, Model, Sequential, layers
+    backend: object  # the `K` of `Lambda(K.squeeze)`
+    squeeze: object  # the squeeze called on a Keras tensor (`tf.squeeze`, `keras.ops.squeeze`)
+    # Keras 3 cannot wrap a go_backwards layer in Bidirectional (its backward copy is go_backwards too).
+    backwards_in_bidirectional: bool = True
+
+
+TF_KERAS = Flavour(keras, K, tf.squeeze)
+
+
+def _cell(name, units, spec, L):
     if name == "LSTMCell":
         return L.LSTMCell(units)
     if name == "GRUCell":
@@ -155,8 +169,10 @@ def _cell(name, units, spec):
     return L.SimpleRNNCell(units, activation="relu" if spec.relu else "tanh")
 
 
-def _recurrent(spec, return_sequences, return_state):
-    kw = {"return_sequences": return_sequences, "return_state": return_state, "go_backwards": spec.go_backwards}
+def _recurrent(spec, return_sequences, return_state, flavour):
+    L = flavour.keras.layers
+    go_backwards = spec.go_backwards and (flavour.backwards_in_bidirectional or not spec.bidirectional)
+    kw = {"return_sequences": return_sequences, "return_state": return_state, "go_backwards": go_backwards}
     if spec.kind == "LSTM":
         layer = L.LSTM(spec.units, **kw)
     elif spec.kind == "GRU":
@@ -164,16 +180,17 @@ def _recurrent(spec, return_sequences, return_state):
     elif spec.kind == "SimpleRNN":
         layer = L.SimpleRNN(spec.units, activation="relu" if spec.relu else "tanh", **kw)
     elif spec.kind == "RNN":
-        layer = L.RNN(_cell(spec.cells[0], spec.units, spec), **kw)
+        layer = L.RNN(_cell(spec.cells[0], spec.units, spec, L), **kw)
     else:
-        layer = L.RNN(L.StackedRNNCells([_cell(c, spec.units, spec) for c in spec.cells]), **kw)
+        layer = L.RNN(L.StackedRNNCells([_cell(c, spec.units, spec, L) for c in spec.cells]), **kw)
     if spec.bidirectional:
         layer = L.Bidirectional(layer, merge_mode=spec.merge_mode)
     return layer
 
 
-def _front_layers(spec):
+def _front_layers(spec, flavour):
     """Layers (or callables on Keras tensors) from the input to a (batch, T, features) tensor."""
+    keras, L, K = flavour.keras, flavour.keras.layers, flavour.backend
     if spec.front == "conv1d":
         return (keras.Input((T, F)), [L.Conv1D(4, 3, padding="same", activation="relu")])
     if spec.front == "none":
@@ -181,7 +198,7 @@ def _front_layers(spec):
     squeeze = {
         "k_squeeze_lambda": lambda: L.Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim"),
         "tf_squeeze_lambda": lambda: L.Lambda(lambda q: tf.squeeze(q, -1)),
-        "tf_squeeze_op": lambda: (lambda q: tf.squeeze(q, -1)),
+        "tf_squeeze_op": lambda: (lambda q: flavour.squeeze(q, -1)),
         "reshape": lambda: L.Reshape((T, F)),
         "slice": lambda: (lambda q: q[..., 0]),
     }[spec.squeeze]()
@@ -191,7 +208,7 @@ def _front_layers(spec):
     )
 
 
-def _head_layers(spec):
+def _head_layers(spec, L):
     return {
         "last": [],
         "flatten": [L.Flatten()],
@@ -202,9 +219,10 @@ def _head_layers(spec):
     }[spec.head]
 
 
-def build(spec):
-    """The float tf-keras model a Spec describes (Sequential when `spec.sequential`)."""
-    inputs, front = _front_layers(spec)
+def build(spec, flavour=TF_KERAS):
+    """The float model a Spec describes, with tf-keras or (`flavour`) Keras 3; Sequential when `spec.sequential`."""
+    keras, L = flavour.keras, flavour.keras.layers
+    inputs, front = _front_layers(spec, flavour)
     layers = list(front)
     n = len(spec.rnns)
     states = []
@@ -212,20 +230,20 @@ def build(spec):
     for k, rspec in enumerate(spec.rnns):
         final = k == n - 1
         layers.append(_recurrent(rspec, return_sequences=not final or last_sequences,
-                                 return_state=final and spec.return_state))
+                                 return_state=final and spec.return_state, flavour=flavour))
         if rspec.dropout_after and not final:
             layers.append(L.Dropout(0.2))
-    tail = _head_layers(spec) + ([L.Dense(4, activation="relu")] if spec.hidden_dense else []) + [L.Dense(2)]
+    tail = _head_layers(spec, L) + ([L.Dense(4, activation="relu")] if spec.hidden_dense else []) + [L.Dense(2)]
     if spec.sequential:
         return keras.Sequential([inputs] + layers + tail)
     x = inputs
     for layer in layers:
         x = layer(x)
-        if isinstance(x, list):  # return_state, or Bidirectional(merge_mode=None)
+        if isinstance(x, (list, tuple)):  # return_state, or Bidirectional(merge_mode=None); Keras 3 gives tuples
             if isinstance(layer, L.Bidirectional) and layer.merge_mode is None and not layer.return_state:
-                x = L.Concatenate()(x)
+                x = L.Concatenate()(list(x))
             else:
-                x, states = x[0], tf.nest.flatten(x[1:])
+                x, states = x[0], tf.nest.flatten(list(x[1:]))
     for layer in tail[:-1]:
         x = layer(x)
     if states:

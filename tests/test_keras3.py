@@ -25,7 +25,7 @@ import lstm_transforms as lt
 from lstm_transforms import keras3 as k3
 from lstm_transforms._keras import tf
 from tests import test_fuzz
-from tests.helpers import assert_recurrent_quantized, calibrate
+from tests.helpers import assert_recurrent_quantized, calibrate, question_model, subclassed_model
 
 K = keras._tf_keras.keras.backend  # what `from tensorflow.keras import backend as K` gives without TF_USE_LEGACY_KERAS
 T, F = 5, 3
@@ -382,16 +382,7 @@ class TfKerasScale(tf_keras.layers.Layer):
 
 
 def test_subclassed_keras3_model():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.rnn = L.LSTM(4)
-
-        def call(self, x):
-            return self.rnn(x)
-
-    model = Sub()
-    model(np.zeros((1, T, F), "float32"))
+    model = subclassed_model(np.zeros((1, T, F), "float32"), keras_module=keras)
     with pytest.raises(lt.UnsupportedLayerError, match=r"is a subclassed Keras 3 model \(.*Sub\).*Rebuild it "
                                                        r"functionally, with keras\.Input"):
         lt.quantize_model(model)
@@ -560,18 +551,6 @@ def test_keras3_callback_in_tf_keras_fit():
 # --------------------------------------------------------------------------------------------------
 
 
-def _question_model_keras3(squeeze):
-    i = keras.Input(shape=(32, 32, 1))
-    x = L.Conv2D(1, (5, 1), activation="relu", padding="same")(i)
-    x = L.BatchNormalization()(x)
-    x = squeeze(x)
-    x = L.LSTM(64, return_sequences=True)(x)
-    x = L.Flatten()(x)
-    x = L.Dense(64, activation="relu")(x)
-    o = L.Dense(12, activation="softmax")(x)
-    return keras.Model(i, o)
-
-
 SQUEEZES = {
     "Lambda(K.squeeze)": lambda x: L.Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim")(x),
     "keras.ops.squeeze": lambda x: ops.squeeze(x, -1),
@@ -588,7 +567,7 @@ def _train_one_step(qat, x, classes=12):
 
 @pytest.mark.parametrize("squeeze", list(SQUEEZES))
 def test_quantize_model_on_the_question_model(squeeze):
-    model = _question_model_keras3(SQUEEZES[squeeze])
+    model = question_model(SQUEEZES[squeeze], keras_module=keras)
     x = _inputs(model, n=8)
     qat = lt.quantize_model(model)
     assert isinstance(qat, tf_keras.Model)
@@ -599,7 +578,7 @@ def test_quantize_model_on_the_question_model(squeeze):
 
 
 def test_stock_tfmot_after_install():
-    model = _question_model_keras3(SQUEEZES["keras.ops.squeeze"])
+    model = question_model(SQUEEZES["keras.ops.squeeze"], keras_module=keras)
     x = _inputs(model, n=8)
     lt.install()
     try:
@@ -614,7 +593,7 @@ def test_stock_tfmot_after_install():
 
 
 def test_annotate_apply_and_rewrite_accept_keras3():
-    model = _question_model_keras3(SQUEEZES["Lambda(K.squeeze)"])
+    model = question_model(SQUEEZES["Lambda(K.squeeze)"], keras_module=keras)
     x = _inputs(model, n=8)
     rewritten = lt.rewrite(model)
     assert isinstance(rewritten, tf_keras.Model)
@@ -626,7 +605,7 @@ def test_annotate_apply_and_rewrite_accept_keras3():
 
 
 def test_the_keras3_model_is_untouched():
-    model = _question_model_keras3(SQUEEZES["keras.ops.squeeze"])
+    model = question_model(SQUEEZES["keras.ops.squeeze"], keras_module=keras)
     weights = [w.copy() for w in model.get_weights()]
     lt.quantize_model(model)
     for a, b in zip(weights, model.get_weights()):
@@ -638,79 +617,12 @@ def test_the_keras3_model_is_untouched():
 # --------------------------------------------------------------------------------------------------
 
 
-def _cell(kind, units, spec):
-    if kind == "LSTMCell":
-        return L.LSTMCell(units)
-    if kind == "GRUCell":
-        return L.GRUCell(units, reset_after=spec.reset_after)
-    return L.SimpleRNNCell(units, activation="relu" if spec.relu else "tanh")
-
-
-def _recurrent(spec, return_sequences, return_state):
-    # Keras 3 cannot wrap a go_backwards layer in Bidirectional (its backward copy is go_backwards too).
-    go_backwards = spec.go_backwards and not spec.bidirectional
-    kw = dict(return_sequences=return_sequences, return_state=return_state, go_backwards=go_backwards)
-    if spec.kind == "LSTM":
-        layer = L.LSTM(spec.units, **kw)
-    elif spec.kind == "GRU":
-        layer = L.GRU(spec.units, reset_after=spec.reset_after, **kw)
-    elif spec.kind == "SimpleRNN":
-        layer = L.SimpleRNN(spec.units, activation="relu" if spec.relu else "tanh", **kw)
-    elif spec.kind == "RNN":
-        layer = L.RNN(_cell(spec.cells[0], spec.units, spec), **kw)
-    else:
-        layer = L.RNN(L.StackedRNNCells([_cell(c, spec.units, spec) for c in spec.cells]), **kw)
-    if spec.bidirectional:
-        layer = L.Bidirectional(layer, merge_mode=spec.merge_mode)
-    return layer
+KERAS3 = test_fuzz.Flavour(keras, K, ops.squeeze, backwards_in_bidirectional=False)
 
 
 def build_keras3(spec):
     """The Keras 3 model a tests/test_fuzz.py `Spec` describes (`tf.squeeze` on a tensor -> `keras.ops.squeeze`)."""
-    t, f = test_fuzz.T, test_fuzz.F
-    if spec.front == "none":
-        inputs, front = keras.Input((t, f)), []
-    elif spec.front == "conv1d":
-        inputs, front = keras.Input((t, f)), [L.Conv1D(4, 3, padding="same", activation="relu")]
-    else:
-        squeeze = {
-            "k_squeeze_lambda": lambda: L.Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim"),
-            "tf_squeeze_lambda": lambda: L.Lambda(lambda q: tf.squeeze(q, -1)),
-            "tf_squeeze_op": lambda: (lambda q: ops.squeeze(q, -1)),
-            "reshape": lambda: L.Reshape((t, f)),
-            "slice": lambda: (lambda q: q[..., 0]),
-        }[spec.squeeze]()
-        inputs = keras.Input((t, f, 1))
-        front = [L.Conv2D(1, (3, 1), activation="relu", padding="same"), L.BatchNormalization(), squeeze]
-    layers = list(front)
-    last_sequences = spec.head != "last"
-    for k, rspec in enumerate(spec.rnns):
-        final = k == len(spec.rnns) - 1
-        layers.append(_recurrent(rspec, not final or last_sequences, final and spec.return_state))
-        if rspec.dropout_after and not final:
-            layers.append(L.Dropout(0.2))
-    head = {
-        "last": [], "flatten": [L.Flatten()], "global_avg": [L.GlobalAveragePooling1D()],
-        "global_max": [L.GlobalMaxPooling1D()], "avg_pool": [L.AveragePooling1D(2), L.Flatten()],
-        "slice_last": [lambda q: q[:, -1]],
-    }[spec.head]
-    tail = head + ([L.Dense(4, activation="relu")] if spec.hidden_dense else []) + [L.Dense(2)]
-    if spec.sequential and all(isinstance(layer, L.Layer) for layer in layers + tail):
-        return keras.Sequential([inputs] + layers + tail)
-    x, states = inputs, []
-    for layer in layers:
-        x = layer(x)
-        if isinstance(x, (list, tuple)):
-            if isinstance(layer, L.Bidirectional) and layer.merge_mode is None and not layer.return_state:
-                x = L.Concatenate()(list(x))
-            else:
-                x, states = x[0], tf.nest.flatten(list(x[1:]))
-    for layer in tail[:-1]:
-        x = layer(x)
-    if states:
-        flat = x if len(x.shape) == 2 else L.Flatten()(x)
-        x = L.Concatenate()([flat] + states)
-    return keras.Model(inputs, tail[-1](x))
+    return test_fuzz.build(spec, KERAS3)
 
 
 def _settings(n):

@@ -6,32 +6,18 @@ import tensorflow_model_optimization as tfmot
 
 import lstm_transforms as lt
 from lstm_transforms._keras import keras, tf
-from tests.helpers import assert_recurrent_quantized
+from tests.helpers import assert_recurrent_quantized, question_model, squeeze_last_dim
 
 L = keras.layers
-K = keras.backend
 
 
 def _squeeze_variants():
     return {
-        "K.squeeze Lambda": lambda x: L.Lambda(lambda q: K.squeeze(q, -1), name="squeeze_last_dim")(x),
+        "K.squeeze Lambda": squeeze_last_dim,
         "tf.squeeze": lambda x: tf.squeeze(x, -1),
         "slice": lambda x: x[..., 0],
         "Reshape": lambda x: L.Reshape((32, 32))(x),
     }
-
-
-def question_model(squeeze):
-    """Exactly the original question's model, with the squeeze written four ways."""
-    i = keras.Input(shape=(32, 32, 1))
-    x = L.Conv2D(1, (5, 1), activation="relu", padding="same")(i)
-    x = L.BatchNormalization()(x)
-    x = squeeze(x)
-    x = L.LSTM(64, return_sequences=True)(x)
-    x = L.Flatten()(x)
-    x = L.Dense(64, activation="relu")(x)
-    o = L.Dense(12, activation="softmax")(x)
-    return keras.Model(i, o)
 
 
 @pytest.fixture
