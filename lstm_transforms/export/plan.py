@@ -24,7 +24,8 @@ How a recurrent layer reverses time (`LayerPlan.time_reversal`: the backward dir
 a CONCATENATION of them in reverse order (in order for the other direction of a `Bidirectional`, whose
 input would otherwise feed both a fused LSTM and the SPLIT, which leaves that LSTM in float), and the
 same again to put a backward output sequence back in time order: integer copies an Ethos-U NPU runs
-(Vela has no reverse). With a time dimension of None: `REVERSE_V2`, which Vela leaves on the CPU.
+(Vela has no reverse). `REVERSE_V2`, which Vela leaves on the CPU, where the time dimension is None,
+or where another layer's LSTM reads the same input tensor directly (it would be left in float).
 """
 
 from __future__ import annotations
@@ -266,7 +267,9 @@ def _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activa
     problem = _layer_problem(model, layer, name, cls, rnns)
     used_cell_states = _used_cell_states(model, layer, rnns, consumed)
     steps = _graph.time_steps(layer)
-    reversal = time_reversal(bidirectional or any(getattr(rnn, "go_backwards", False) for rnn in rnns), steps)
+    reverses = bidirectional or any(getattr(rnn, "go_backwards", False) for rnn in rnns)
+    shared_with = _fused_lstm_reading_the_same_input(model, layer) if reverses and steps is not None else None
+    reversal = time_reversal(reverses, None if shared_with else steps)
     cell_plans = []
     for d, rnn in enumerate(rnns):
         direction = ("forward", "backward")[d] if bidirectional else ""
@@ -283,7 +286,11 @@ def _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activa
     if not problem:
         parts = ([f"{fused} UNIDIRECTIONAL_SEQUENCE_LSTM op(s)"] if fused else []) + (
             ["unrolled integer ops"] if UNROLLED in kinds else [])
-        if reversal:
+        if shared_with:
+            parts.append(f"time reversal by REVERSE_V2 (its input also feeds the fused LSTM of '{shared_with}' "
+                         "directly, which the converter leaves in float next to a SPLIT; Vela leaves REVERSE_V2 on "
+                         "the CPU)")
+        elif reversal:
             parts.append(f"time reversal by {_REVERSAL_DETAIL[reversal]}")
         if bidirectional:
             parts.append(f"merge '{_graph.inner(layer).merge_mode}'")
@@ -297,6 +304,31 @@ _REVERSAL_DETAIL = {
     SPLIT_CONCATENATION: "SPLIT + CONCATENATION (on the NPU)",
     REVERSE_V2: "REVERSE_V2 (time dimension None; Vela leaves it on the CPU)",
 }
+
+
+def _fused_lstm_reading_the_same_input(model, layer):
+    """The name of another recurrent layer that reads `layer`'s input without reversing it and starts with
+    an LSTM cell (so, where fused, straight from that tensor), or None.
+
+    The converter leaves a fused LSTM in float when the tensor it reads also feeds a SPLIT; such a
+    layer's time reversal stays REVERSE_V2.
+    """
+    inputs = _graph.input_tensors(model, layer)
+    if not inputs:
+        return None
+    source = id(inputs[0])
+    for other in model.layers:
+        if other is layer or not _graph.is_recurrent(other):
+            continue
+        rnns = _graph.directions(other)
+        if len(rnns) == 2 or any(getattr(r, "go_backwards", False) for r in rnns):
+            continue  # reads its input through SPLIT + CONCATENATION too
+        cells = _graph.cells(rnns[0])
+        if cells and _graph.cell_kind(cells[0]) == "lstm":
+            if any(id(t[0] if isinstance(t, (list, tuple)) else t) == source
+                   for t in (node.input_tensors for node in _graph.nodes(model, other))):
+                return _graph.inner(other).name
+    return None
 
 
 def time_reversal(reverses, steps):
