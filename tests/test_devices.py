@@ -175,15 +175,21 @@ def test_vela_puts_every_operator_on_the_npu(exported, kind):
 
 def test_bidirectional_reverses_time_with_ops_the_npu_runs(exported):
     """The export reverses the backward input by SPLIT + CONCATENATION (no REVERSE_V2, which Vela leaves
-    on the CPU), and TensorFlow Lite Micro runs it with TFLite's classes."""
+    on the CPU), and TensorFlow Lite Micro runs it with TFLite's classes wherever TFLite's top two are
+    more than 4 output LSB apart (every class after 60 epochs: test_tflite_micro_gives_the_tflite_classes)."""
     _, fb, x = exported["bilstm"]
     ops = tflite_utils.op_names(fb)
     assert "REVERSE_V2" not in ops and ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2
     assert ops.count("SPLIT") == 1 and ops.count("CONCATENATION") >= 2
     assert {p.op for p in devices.vela_compile(fb).npu_operators} >= {"SPLIT", "CONCATENATION",
                                                                       "UNIDIRECTIONAL_SEQUENCE_LSTM"}
-    agreement = np.mean(np.argmax(devices.micro_predict(fb, x), -1) == np.argmax(tflite_utils.predict(fb, x), -1))
-    assert agreement >= 0.995, agreement
+    reference, micro = tflite_utils.predict(fb, x), devices.micro_predict(fb, x)
+    scale = tflite_utils.interpreter(fb).get_output_details()[0]["quantization"][0]
+    top2 = np.sort(reference, -1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) / scale > 4  # after 3 epochs many classes are near ties
+    print(f"\nbilstm (3 epochs): TFLM vs TFLite classes {100 * np.mean(reference.argmax(-1) == micro.argmax(-1)):.2f}% "
+          f"of {len(x)}, max output difference {np.abs(reference - micro).max() / scale:.0f} LSB")
+    np.testing.assert_array_equal(micro[decided].argmax(-1), reference[decided].argmax(-1))
 
 
 def test_vela_names_float_io_quantize_ops_as_cpu_fallbacks(exported, data):
