@@ -9,6 +9,10 @@ channels, pre-padded to 29 frames, 9 speakers). Architectures:
 
 * `lstm`: Input(29, 12) -> LSTM(64) -> Dense(9, softmax).
 * `gru`, `simple_rnn`: the same with GRU(64) / SimpleRNN(64), deployed as unrolled int8 steps.
+* `bilstm`: Input(29, 12) -> Bidirectional(LSTM(32)) -> Dense(9, softmax): two fused LSTM ops, the
+  backward input reversed in time by SPLIT + CONCATENATION.
+* `stacked`: Input(29, 12) -> LSTM(32, return_sequences=True) -> GRU(32) -> Dense(9, softmax): a fused
+  LSTM feeding unrolled int8 GRU steps.
 * `question`: the model of the original question, exactly as written (Conv2D(1, (5, 1)) + ReLU,
   BatchNormalization, a Python `Lambda` squeeze, LSTM(64, return_sequences=True), Flatten,
   Dense(64, relu), Dense(12, softmax)), with the (T, F) sequence fed as a (29, 12, 1) image.
@@ -65,6 +69,17 @@ def simple_rnn_model():
     return keras.Model(i, L.Dense(9, activation="softmax")(L.SimpleRNN(64)(i)), name="jv_simple_rnn")
 
 
+def bilstm_model():
+    i = keras.Input(shape=(29, 12))
+    return keras.Model(i, L.Dense(9, activation="softmax")(L.Bidirectional(L.LSTM(32))(i)), name="jv_bilstm")
+
+
+def stacked_model():
+    i = keras.Input(shape=(29, 12))
+    x = L.GRU(32)(L.LSTM(32, return_sequences=True)(i))
+    return keras.Model(i, L.Dense(9, activation="softmax")(x), name="jv_stacked")
+
+
 def question_model():
     """The original question's model, as written; only the input shape is the data's (T, F, 1)."""
     K = keras.backend
@@ -99,6 +114,8 @@ RECIPES = {
     "question": Recipe(question_model, lambda x: x[..., None], float_epochs=60, float_lr=2e-3),
     "gru": Recipe(gru_model, lambda x: x, float_epochs=60, float_lr=3e-3, fused_lstm=0),
     "simple_rnn": Recipe(simple_rnn_model, lambda x: x, float_epochs=60, float_lr=1e-3, fused_lstm=0),
+    "bilstm": Recipe(bilstm_model, lambda x: x, float_epochs=60, float_lr=3e-3, fused_lstm=2),
+    "stacked": Recipe(stacked_model, lambda x: x, float_epochs=60, float_lr=3e-3),
 }
 
 
@@ -135,12 +152,14 @@ def keras_accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, batch_size=128, verbose=0), -1) == y))
 
 
-def run(arch, seed, *, baselines=True, progress=True, compare=False):
+def run(arch, seed, *, baselines=True, progress=True, compare=False, micro=False):
     """Train, quantize, fine-tune and export one architecture; returns a dict of measurements.
 
     `baselines=False` skips the float TFLite and stock post-training int8 conversions (the tests'
     multi-seed runs only need the QAT path). `compare=True` adds `lsb`: per layer, (mean, p99, max)
     of the flatbuffer against the QAT model in LSBs (`lstm_transforms.compare` on the test set).
+    `micro=True` adds `micro_agreement`: the share of test sequences where TensorFlow Lite Micro
+    (`lstm_transforms.devices`, extra `micro`) predicts the TFLite interpreter's class.
     """
     recipe = RECIPES[arch]
     say = print if progress else (lambda *a, **k: None)
@@ -182,9 +201,15 @@ def run(arch, seed, *, baselines=True, progress=True, compare=False):
         fused_lstm=ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM"),
         fused_expected=recipe.fused_lstm,
         while_ops=ops.count("WHILE"),
+        reverse_ops=ops.count("REVERSE_V2"),
         float_islands=len(tflite_utils.float_islands(fb_qat)),
         seconds=time.time() - t0,
     )
+    if micro:
+        from lstm_transforms import devices
+
+        micro_probs = devices.micro_predict(fb_qat, x_test)
+        result["micro_agreement"] = float(np.mean(np.argmax(micro_probs, -1) == np.argmax(int8_probs, -1)))
     if compare:
         report = lstm_transforms.compare(qat_model, fb_qat, x_test)
         result["lsb"] = {row.layer: (row.mean, row.p99, row.max) for row in report.layers}
@@ -198,6 +223,9 @@ def problems(result):
     if result["fused_lstm"] != expected or result["while_ops"]:
         found.append(f"expected {expected} fused LSTM op(s) and no WHILE, got {result['fused_lstm']} and "
                      f"{result['while_ops']}")
+    if result.get("reverse_ops"):
+        found.append(f"{result['reverse_ops']} REVERSE_V2 op(s) (a fixed time dimension reverses by SPLIT + "
+                     "CONCATENATION)")
     if result["float_islands"]:
         found.append(f"{result['float_islands']} float tensors inside the int8 model")
     if 100 * (result["float"] - result["int8"]) > COLLAPSE_POINTS:
@@ -212,6 +240,7 @@ COLUMNS = (  # key, header, is a percentage
     ("qat_keras", "QAT tuned", True),
     ("int8", "QAT int8", True),
     ("agreement", "agree", True),
+    ("micro_agreement", "TFLM agree", True),
     ("bytes_float", "float B", False),
     ("bytes_int8", "int8 B", False),
 )
@@ -244,6 +273,8 @@ def print_table(results):
         print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
     print("\nQAT calib = QAT Keras model after lstm_transforms.calibrate, before fine-tuning; QAT tuned = after it.")
     print("agree = share of test sequences where the int8 flatbuffer predicts the QAT Keras model's class.")
+    if any(r.get("micro_agreement") is not None for r in results):
+        print("TFLM agree = share where TensorFlow Lite Micro predicts the TFLite interpreter's class.")
 
 
 def main(argv=None):
@@ -251,10 +282,12 @@ def main(argv=None):
     parser.add_argument("--arch", choices=[*RECIPES, "both"], default="both", help="both: lstm and question")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--json", metavar="PATH", help="also write every run's measurements to PATH")
+    parser.add_argument("--micro", action="store_true",
+                        help="also run the int8 model in TensorFlow Lite Micro (extra `micro`) against TFLite")
     args = parser.parse_args(argv)
     tf.get_logger().setLevel("ERROR")
     archs = ["lstm", "question"] if args.arch == "both" else [args.arch]
-    results = [run(arch, seed) for arch in archs for seed in args.seeds]
+    results = [run(arch, seed, micro=args.micro) for arch in archs for seed in args.seeds]
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:

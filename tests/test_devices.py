@@ -11,10 +11,10 @@ import pytest
 
 import lstm_transforms
 from lstm_transforms import devices, flatbuffer_size, tflite_utils
-from lstm_transforms._keras import keras, tf
+from lstm_transforms._keras import keras
 from lstm_transforms.cli import main
 from lstm_transforms.datasets import load_japanese_vowels
-from lstm_transforms.export import convert, export_tflite
+from lstm_transforms.export import export_tflite
 from tests import helpers
 
 L = keras.layers
@@ -66,19 +66,31 @@ def _qat(name, x_train, y_train, epochs):
     return qat, export_tflite(qat, xt, int8_io=True)
 
 
+class _OnFirstUse(dict):
+    """{kind: value}, each value made by `make(kind)` when first asked for (a test of one kind trains one)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, kind):
+        self[kind] = self.make(kind)
+        return self[kind]
+
+
 @pytest.fixture(scope="module")
 def exported(data):
     """{kind: (QAT model, int8-I/O flatbuffer, inputs)}: 3 epochs of QAT on JapaneseVowels. Placement,
     arena and sizes do not depend on how well a model is trained."""
     x_train, y_train, x_all = data
-    return {name: (*_qat(name, x_train, y_train, 3), _prepared(name, x_all)) for name in KINDS}
+    return _OnFirstUse(lambda name: (*_qat(name, x_train, y_train, 3), _prepared(name, x_all)))
 
 
 @pytest.fixture(scope="module")
 def trained(data):
     """The same kinds after 60 epochs of QAT on JapaneseVowels (270 sequences), exported."""
     x_train, y_train, x_all = data
-    return {name: (*_qat(name, x_train, y_train, 60), _prepared(name, x_all)) for name in KINDS}
+    return _OnFirstUse(lambda name: (*_qat(name, x_train, y_train, 60), _prepared(name, x_all)))
 
 
 @pytest.mark.slow
@@ -88,9 +100,9 @@ def test_tflite_micro_gives_the_tflite_classes(trained, kind):
 
     The issue asks for 99.9%, which on 640 sequences means no flip at all; it is printed, not asserted.
     The kernels differ (FULLY_CONNECTED rounding by 1 LSB, accumulated over unrolled steps; the integer
-    LSTM, most on a Bidirectional's backward direction), and measured here: 100% for LSTM, SimpleRNN and
-    the question's model, 99.84% (1 sequence) for GRU and LSTM->GRU, 99.53% for BiLSTM, where TFLM is
-    the one that agrees with the QAT model on every sequence (docs/devices.md).
+    LSTM by 1-2 LSB), and measured here: 100% for LSTM, SimpleRNN, BiLSTM (99.53% when its time
+    reversal was a REVERSE_V2) and the question's model, 99.84% (1 sequence) for GRU and LSTM->GRU
+    (docs/devices.md).
     """
     _, fb, x = trained[kind]
     reference = tflite_utils.predict(fb, x)
@@ -143,7 +155,7 @@ def test_micro_arena_bytes_is_the_smallest_arena_that_runs(exported):
         devices.micro_interpreter(fb, arena_size=arena // 2)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "simplernn", "question", "stacked"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simplernn", "question", "stacked", "bilstm"])
 def test_vela_puts_every_operator_on_the_npu(exported, kind):
     _, fb, _ = exported[kind]
     report = devices.vela_compile(fb, "ethos-u55-128")
@@ -154,14 +166,23 @@ def test_vela_puts_every_operator_on_the_npu(exported, kind):
     assert report.compiled[4:8] == b"TFL3" and len(report.compiled) > 0
 
 
-def test_vela_on_bidirectional_leaves_only_the_time_reversal_on_the_cpu(exported):
-    _, fb, _ = exported["bilstm"]
-    report = devices.vela_compile(fb)
-    print(f"\nbilstm: {report.summary()}")
-    assert {p.op for p in report.cpu_operators} <= {"REVERSE_V2"}
-    for p in report.cpu_operators:
-        assert "reverse" in p.reason.lower()
-    assert {p.op for p in report.npu_operators} >= {"UNIDIRECTIONAL_SEQUENCE_LSTM", "FULLY_CONNECTED"}
+def test_bidirectional_reverses_time_with_ops_the_npu_runs(exported):
+    """The export reverses the backward input by SPLIT + CONCATENATION (no REVERSE_V2, which Vela leaves
+    on the CPU), and TensorFlow Lite Micro runs it with TFLite's classes wherever TFLite's top two are
+    more than 4 output LSB apart (every class after 60 epochs: test_tflite_micro_gives_the_tflite_classes)."""
+    _, fb, x = exported["bilstm"]
+    ops = tflite_utils.op_names(fb)
+    assert "REVERSE_V2" not in ops and ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2
+    assert ops.count("SPLIT") == 1 and ops.count("CONCATENATION") >= 2
+    assert {p.op for p in devices.vela_compile(fb).npu_operators} >= {"SPLIT", "CONCATENATION",
+                                                                      "UNIDIRECTIONAL_SEQUENCE_LSTM"}
+    reference, micro = tflite_utils.predict(fb, x), devices.micro_predict(fb, x)
+    scale = tflite_utils.interpreter(fb).get_output_details()[0]["quantization"][0]
+    top2 = np.sort(reference, -1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) / scale > 4  # after 3 epochs many classes are near ties
+    print(f"\nbilstm (3 epochs): TFLM vs TFLite classes {100 * np.mean(reference.argmax(-1) == micro.argmax(-1)):.2f}% "
+          f"of {len(x)}, max output difference {np.abs(reference - micro).max() / scale:.0f} LSB")
+    np.testing.assert_array_equal(micro[decided].argmax(-1), reference[decided].argmax(-1))
 
 
 def test_vela_names_float_io_quantize_ops_as_cpu_fallbacks(exported, data):
@@ -173,35 +194,23 @@ def test_vela_names_float_io_quantize_ops_as_cpu_fallbacks(exported, data):
     assert 0 < report.npu_share < 1
 
 
-def _split_time_reversal(x):
-    pieces = tf.split(x, x.shape[1], axis=1)
-    return [tf.concat(pieces, axis=1), tf.concat(pieces[::-1], axis=1)]
-
-
-def _reverse_time(x):
-    return tf.concat(tf.split(x, x.shape[1], axis=1)[::-1], axis=1)
-
-
-def test_time_reversal_by_split_and_concatenation_runs_on_the_npu(data):
-    """The Bidirectional form Vela maps to the NPU (docs/devices.md): SPLIT into steps, then one
-    CONCATENATION in order (forward input) and one reversed (backward input); outputs reversed back."""
+def test_exported_bidirectional_sequences_after_a_conv_run_on_the_npu(data):
+    """return_sequences=True after a Conv1D: the backward output goes back to time order by SPLIT +
+    CONCATENATION too; every operator on the NPU, and the flatbuffer follows the QAT model."""
     keras.utils.set_random_seed(0)
     x = data[0]
     i = keras.Input((29, 12))
     h = L.Conv1D(8, 3, padding="same")(i)
-    bidirectional = L.Bidirectional(L.LSTM(8, return_sequences=True))
-    reference = keras.Model(i, bidirectional(h))
-    forward, backward = L.LSTM(8, return_sequences=True), L.LSTM(8, return_sequences=True)
-    fw_in, bw_in = L.Lambda(_split_time_reversal)(h)
-    out = L.Concatenate()([forward(fw_in), L.Lambda(_reverse_time)(backward(bw_in))])
-    model = keras.Model(i, out)
-    forward.set_weights(bidirectional.forward_layer.get_weights())
-    backward.set_weights(bidirectional.backward_layer.get_weights())
-    np.testing.assert_allclose(model.predict(x[:32], verbose=0), reference.predict(x[:32], verbose=0), atol=1e-6)
-    fb = convert(model, x, int8_io=True)
-    assert tflite_utils.float_islands(fb) == [] and "REVERSE_V2" not in tflite_utils.op_names(fb)
+    out = L.Bidirectional(L.LSTM(8, return_sequences=True), merge_mode="sum")(h)
+    qat = lstm_transforms.quantize_model(keras.Model(i, L.Dense(9)(L.Flatten()(out))))
+    lstm_transforms.calibrate(qat, x)
+    fb = export_tflite(qat, x, int8_io=True)
+    assert "REVERSE_V2" not in tflite_utils.op_names(fb) and tflite_utils.float_islands(fb) == []
     report = devices.vela_compile(fb)
     assert report.cpu_operators == [] and report.npu_share == 1.0
+    scale = tflite_utils.interpreter(fb).get_output_details()[0]["quantization"][0]
+    error = np.abs(tflite_utils.predict(fb, x[:64]) - qat.predict(x[:64], verbose=0)) / scale
+    assert error.max() <= 4, error.max()
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

@@ -2,8 +2,8 @@
 
 One seed on 370 test sequences moves by a few sequences between machines (oneDNN rounds differently
 per instruction set), so the bars are on the mean over seeds, and on what must hold in every run:
-the export is one fused LSTM op (none for GRU / SimpleRNN), fully integer, and predicts what the QAT
-model predicts.
+the export has the expected fused LSTM ops (none for GRU / SimpleRNN, two for a Bidirectional LSTM), no
+REVERSE_V2, is fully integer, and predicts what the QAT model predicts.
 """
 
 import importlib.util
@@ -65,6 +65,25 @@ def test_japanese_vowels_unrolled_int8_is_what_qat_trained(arch):
                 assert p99 <= 1.0, (r["seed"], layer, r["lsb"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["bilstm", "stacked"])
+def test_japanese_vowels_bidirectional_and_stacked_int8_is_what_qat_trained(arch):
+    """Bidirectional(LSTM(32)) (two fused ops, time reversed by SPLIT + CONCATENATION, no REVERSE_V2)
+    and LSTM(32) -> GRU(32) (a fused op feeding unrolled steps): the flatbuffer predicts the QAT
+    model's classes, int8 accuracy stays at float's, and TensorFlow Lite Micro predicts TFLite's classes."""
+    example = _example()
+    runs = [example.run(arch, seed, baselines=False, progress=False, micro=True) for seed in SEEDS]
+    keys = ("float", "qat_keras", "int8", "agreement", "micro_agreement")
+    print(arch, {r["seed"]: {key: round(100 * r[key], 2) for key in keys} for r in runs})
+    for r in runs:
+        assert example.problems(r) == [], r
+        assert r["agreement"] >= 0.99, r
+    mean = {key: float(np.mean([r[key] for r in runs])) for key in keys}
+    assert mean["int8"] >= mean["float"] - 0.005, (mean, runs)
+    assert mean["agreement"] >= 0.995, (mean, runs)
+    assert mean["micro_agreement"] >= 0.999, (mean, runs)
+
+
 def test_problems_flags_what_is_broken_and_not_noise():
     example = _example()
     good = dict(fused_lstm=1, while_ops=0, float_islands=0, float=0.95, int8=0.94)
@@ -74,3 +93,4 @@ def test_problems_flags_what_is_broken_and_not_noise():
     assert example.problems(dict(good, fused_lstm=0, fused_expected=0)) == []  # an unrolled GRU / SimpleRNN
     assert example.problems(dict(good, fused_lstm=1, fused_expected=0))
     assert example.problems(dict(good, float_islands=2))
+    assert example.problems(dict(good, reverse_ops=1))  # a time reversal the NPU cannot run

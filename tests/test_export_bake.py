@@ -96,3 +96,18 @@ def test_gru_with_a_none_time_dimension_is_a_clear_error():
     model = keras.Model(i, L.Dense(2)(L.GRU(4, name="my_gru")(i)))
     with pytest.raises(ExportError, match=r"at layer 'my_gru': Layer 'my_gru' \(GRU\) has a time dimension of None"):
         baked_float_model(model)
+
+
+def test_a_none_time_dimension_reverses_time_with_reverse_v2():
+    """Nothing to SPLIT without a fixed number of steps: the plan says REVERSE_V2, the bake builds it, and
+    the baked model runs any length like the Keras model."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((None, 3))
+    model = keras.Model(i, L.Bidirectional(L.LSTM(4, return_sequences=True), name="rnn")(i))
+    assert deployment_plan(model).layer("rnn").time_reversal == "REVERSE_V2"
+    baked = baked_float_model(model)
+    (deployed,) = [layer for layer in baked.layers if isinstance(layer, DeployedRNN)]
+    assert deployed.spec.time_reversal == "REVERSE_V2"
+    for steps in (5, 9):
+        x = np.random.default_rng(steps).normal(size=(4, steps, 3)).astype(np.float32)
+        np.testing.assert_allclose(baked.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)

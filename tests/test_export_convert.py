@@ -166,6 +166,15 @@ def test_bidirectional_lstm_is_two_fused_ops_with_the_qat_weights():
     fb = export_tflite(qat, x)
     assert tflite_utils.op_names(fb).count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2
     assert integer_violations(fb) == []
+    # Time reversed by one SPLIT into the 12 steps and CONCATENATIONs of at most 10 inputs (TFLM's limit),
+    # each step's tensor named by itself (the converter gives each the names of all 12).
+    it = tflite_utils.interpreter(fb, inspect=True)
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    assert "REVERSE_V2" not in [op["op_name"] for op in ops]
+    (split,) = [op for op in ops if op["op_name"] == "SPLIT"]
+    assert len(split["outputs"]) == T and all(";" not in names[int(t)] for t in split["outputs"])
+    assert max(len(op["inputs"]) for op in ops if op["op_name"] == "CONCATENATION") <= 10
     expected = [(qat_weight(qat, f"{d}_lstm/lstm_cell/kernel"), qat_weight(qat, f"{d}_lstm/lstm_cell/recurrent_kernel"))
                 for d in ("forward", "backward")]
     for gates in tflite_utils.lstm_gate_weights(fb):  # each fused op matched to its direction by its weights

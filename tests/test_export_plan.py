@@ -13,7 +13,7 @@ import pytest
 import lstm_transforms as lt
 from lstm_transforms._keras import keras
 from lstm_transforms.export import ExportError, ExportWarning, plan
-from lstm_transforms.export.plan import BLOCKED, FUSED, UNROLLED, deployment_plan
+from lstm_transforms.export.plan import BLOCKED, FUSED, REVERSE_V2, SPLIT_CONCATENATION, UNROLLED, deployment_plan
 
 L = keras.layers
 T, F = 6, 3
@@ -97,6 +97,28 @@ def test_unrolled_cells_need_a_fixed_time_dimension(make, message):
     import re
 
     assert re.search(message, problem), problem
+
+
+@pytest.mark.parametrize("make, steps, reversal", [
+    (lambda i: L.Bidirectional(L.LSTM(4), name="rnn")(i), T, SPLIT_CONCATENATION),
+    (lambda i: L.Bidirectional(L.LSTM(4, go_backwards=True), name="rnn")(i), T, SPLIT_CONCATENATION),
+    (lambda i: L.LSTM(4, go_backwards=True, name="rnn")(i), T, SPLIT_CONCATENATION),
+    (lambda i: L.Bidirectional(L.GRU(4), name="rnn")(i), T, SPLIT_CONCATENATION),
+    (lambda i: L.Bidirectional(L.LSTM(4), name="rnn")(i), None, REVERSE_V2),
+    (lambda i: L.LSTM(4, go_backwards=True, name="rnn")(i), None, REVERSE_V2),
+    (lambda i: L.LSTM(4, name="rnn")(i), T, ""),
+    (lambda i: L.Concatenate()([L.Bidirectional(L.LSTM(4), name="rnn")(i), L.LSTM(4)(i)]), T, REVERSE_V2),
+    (lambda i: L.Concatenate()([L.Bidirectional(L.LSTM(4), name="rnn")(i), L.GRU(4)(i)]), T, SPLIT_CONCATENATION),
+], ids=["bidirectional", "bidirectional_go_backwards", "go_backwards", "bidirectional_gru", "bidirectional_none_steps",
+        "go_backwards_none_steps", "forward_only", "input_shared_with_a_fused_lstm", "input_shared_with_a_gru"])
+def test_time_reversal_is_split_and_concatenation_unless_the_time_dimension_is_none(make, steps, reversal):
+    """What inspect prints is what the bake builds (the bake reads `time_reversal` off the plan)."""
+    layer = plan(_model(make, shape=(steps, F))).layer("rnn")
+    assert layer.time_reversal == reversal and layer.to_dict()["time_reversal"] == reversal
+    assert (f"time reversal by {reversal}" in layer.detail) == bool(reversal)
+    if reversal == REVERSE_V2 and steps is not None:  # the LSTM beside it would be left in float next to a SPLIT
+        assert "also feeds the fused LSTM of" in layer.detail
+    assert ("REVERSE_V2" in str(layer.to_dict())) == (reversal == REVERSE_V2)
 
 
 def test_a_none_time_dimension_lstm_is_fine_when_fused():

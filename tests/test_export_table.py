@@ -2,7 +2,8 @@
 
 Each row is one branch of a multi-output model (one export per model keeps the converter runs few):
 `fused` (LSTM settings that become UNIDIRECTIONAL_SEQUENCE_LSTM), `unrolled` (math TFLite has no fused
-kernel for), `bidirectional` (every merge mode). Every export has int8 input/output, so the flatbuffer
+kernel for), `bidirectional` (every merge mode, return_sequences False, return_state, go_backwards; time
+reversed by SPLIT + CONCATENATION, never REVERSE_V2). Every export has int8 input/output, so the flatbuffer
 must hold no QUANTIZE / DEQUANTIZE, no WHILE and no float tensor at all; each row's output must stay
 within a few int8 steps of the QAT model's. Then: inspect and export agree on a zoo of models.
 """
@@ -61,7 +62,20 @@ def _bidirectional(mode):
     return branch, [FUSED, FUSED]
 
 
-BIDIRECTIONAL_ROWS = {f"bidirectional_{mode}": _bidirectional(mode) for mode in ("concat", "sum", "ave", "mul", None)}
+def _bidirectional_return_state(i):
+    out = L.Bidirectional(L.LSTM(UNITS // 2, return_sequences=True, return_state=True),
+                          name="bidirectional_return_state")(i)
+    return L.Concatenate()([L.Flatten()(out[0]), out[1], out[3]])  # the sequence and both final h
+
+
+BIDIRECTIONAL_ROWS = {
+    **{f"bidirectional_{mode}": _bidirectional(mode) for mode in ("concat", "sum", "ave", "mul", None)},
+    "bidirectional_last": (lambda i: L.Bidirectional(L.LSTM(UNITS // 2), name="bidirectional_last")(i), [FUSED] * 2),
+    "bidirectional_return_state": (_bidirectional_return_state, [FUSED] * 2),
+    "bidirectional_go_backwards": (lambda i: L.Flatten()(L.Bidirectional(
+        L.LSTM(UNITS // 2, return_sequences=True, go_backwards=True), merge_mode="sum",
+        name="bidirectional_go_backwards")(i)), [FUSED] * 2),
+}
 ZOOS = {"fused": FUSED_ROWS, "unrolled": UNROLLED_ROWS, "bidirectional": BIDIRECTIONAL_ROWS}
 # |int8 - QAT| of a row's output, in steps of that output's int8 scale (measured: fused <= 2, unrolled <= 4,
 # Bidirectional <= 3). The cell state c of `return_state_c` is int8 on the device, int16 in QAT: <= 7.
@@ -133,6 +147,11 @@ def test_the_zoo_is_fully_integer_without_quantize_ops(exported, name):
     assert "WHILE" not in ops and "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
     fused_cells = sum(cells.count(FUSED) for _, cells in rows.values())
     assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == fused_cells
+    # A fixed time dimension reverses time by SPLIT + CONCATENATION (the NPU has no reverse), except for the
+    # `go_backwards` row, whose input also feeds the other rows' fused LSTMs directly: REVERSE_V2, as planned.
+    planned = [layer.name for layer in plan(qat).layers if layer.time_reversal == "REVERSE_V2"]
+    assert planned == (["go_backwards"] if name == "fused" else [])
+    assert ops.count("REVERSE_V2") == len(planned) and ops.count("SPLIT") == (name == "bidirectional") * len(rows)
     it = tflite_utils.interpreter(fb)
     assert {d["dtype"] for d in it.get_input_details() + it.get_output_details()} == {np.int8}
 

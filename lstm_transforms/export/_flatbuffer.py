@@ -12,6 +12,7 @@
   dequantize to the QAT weights.
 * `requantize_biases`: every int32 bias at scale input_scale * weight_scale (what the integer
   kernels assume).
+* `shorten_output_names`: each output of a SPLIT / SPLIT_V / UNPACK named after itself alone.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
-__all__ = ["measure_ranges", "set_calibration_ranges", "regrid_weights", "requantize_biases", "op_name",
-           "read", "write"]
+__all__ = ["measure_ranges", "set_calibration_ranges", "regrid_weights", "requantize_biases", "shorten_output_names",
+           "op_name", "read", "write"]
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -482,3 +483,32 @@ def requantize_biases(flatbuffer):
                 bias.quantization.scale = [float(s) for s in want]
                 fixes.append(bytes(bias.name).decode())
     return write(model), fixes
+
+
+_SPLITTING = ("SPLIT", "SPLIT_V", "UNPACK")
+
+
+def shorten_output_names(flatbuffer):
+    """Return `flatbuffer` with output k of every SPLIT / SPLIT_V / UNPACK named by the k-th TF name.
+
+    The converter names every output of such an op with the op's whole fused location: the names of
+    all its outputs joined by ';' (then the output's index), so a split into T time steps carries T
+    names T times (29 steps: about 30 KB of names in a Bidirectional LSTM's flatbuffer). Output k
+    keeps the k-th of those names. Other tensors, and ops whose names do not have that form, are left
+    as they are.
+    """
+    model = read(flatbuffer)
+    changed = False
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            outputs = list(op.outputs) if op.outputs is not None else []
+            if len(outputs) < 2 or op_name(model, op) not in _SPLITTING:
+                continue
+            first = graph.tensors[outputs[0]]
+            names = bytes(first.name).decode().split(";") if first.name is not None else []
+            if len(names) != len(outputs):
+                continue
+            for tensor_index, name in zip(outputs, names):
+                graph.tensors[tensor_index].name = name.encode()
+            changed = True
+    return write(model) if changed else flatbuffer

@@ -95,6 +95,7 @@ def _convert(workdir):
         flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_weights(flatbuffer, grids)
     else:
         flatbuffer = converter.convert()
+    flatbuffer = _flatbuffer.shorten_output_names(flatbuffer)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f)
     _smoke_test(flatbuffer, arrays)

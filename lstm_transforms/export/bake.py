@@ -147,7 +147,8 @@ def _recurrent_spec(model, layer, layer_plan, qat_ranges):
     if bidirectional and merge_mode == "concat":
         _share_output_range([d.cells[-1] for d in directions])
     structure = tf.nest.map_structure(lambda _: 0, _plain(_graph.nodes(model, layer)[0].outputs))
-    spec = RecurrentSpec(directions, bidirectional, merge_mode, bool(getattr(outer, "return_state", False)), structure)
+    spec = RecurrentSpec(directions, bidirectional, merge_mode, bool(getattr(outer, "return_state", False)), structure,
+                         time_reversal=layer_plan.time_reversal)
     ranges = [
         LSTMRanges(np.ascontiguousarray(np.split(c.kernel, 4, axis=1)[1].T), c.output_range, c.cell_bound, c.cell_clip)
         for d in directions for c in d.cells if c.deploy == FUSED and qat_ranges

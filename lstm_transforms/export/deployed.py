@@ -21,8 +21,14 @@ graph the converter should see:
   range), so that step 0 runs the same ops as every other step. Without QAT ranges (a float model,
   `activations="int16"`: no tag) step 0 skips the recurrent terms of the zero state instead (a
   calibrated [0, 0] zero state breaks the next FULLY_CONNECTED);
-* `go_backwards` reverses the input once; `Bidirectional` runs both directions, reverses the
-  backward sequence and merges (concat / sum / ave / mul / None) as Keras does;
+* time runs backwards as the plan says (`RecurrentSpec.time_reversal`): with SPLIT + CONCATENATION,
+  the input is split into its steps once and every direction reads a concatenation of them, in
+  reverse order for `go_backwards` (in order otherwise: a tensor feeding both a fused LSTM and the
+  SPLIT leaves that LSTM in float). TensorFlow Lite Micro's CONCATENATION takes at most 10 inputs,
+  so more steps are concatenated in groups of 10, then the groups. With REVERSE_V2 (time dimension
+  None), `tf.reverse`.
+  `Bidirectional` runs both directions, puts the backward output sequence back in time order the same
+  way and merges (concat / sum / ave / mul / None) as Keras does;
 * the outputs are packed in the original layer's (possibly nested) output structure.
 """
 
@@ -38,6 +44,10 @@ __all__ = ["FakeQuant", "WithFakeQuant", "CellSpec", "DirectionSpec", "Recurrent
 
 FUSED = "fused"
 UNROLLED = "unrolled"
+# How time is reversed (the plan decides, see plan.py): with a fixed number of steps / with None.
+SPLIT_CONCATENATION = "SPLIT + CONCATENATION"
+REVERSE_V2 = "REVERSE_V2"
+MAX_CONCATENATION_INPUTS = 10  # TensorFlow Lite Micro's kMaxInputNum (concatenation.cc)
 
 
 class FakeQuant(keras.layers.Layer):
@@ -117,6 +127,7 @@ class RecurrentSpec:
     merge_mode: str | None = "concat"
     return_state: bool = False
     structure: object = 0  # tf.nest structure of the original layer's outputs
+    time_reversal: str = ""  # the plan's: SPLIT_CONCATENATION, REVERSE_V2 or "" (nothing reversed)
 
 
 def _input_projection(x, kernel, bias, name=None):
@@ -329,6 +340,14 @@ def _fused_lstm(cell, name):
     )
 
 
+def _concatenated(pieces):
+    """tf.concat(pieces, axis=1) in CONCATENATION ops of at most MAX_CONCATENATION_INPUTS inputs each."""
+    if len(pieces) <= MAX_CONCATENATION_INPUTS:
+        return tf.concat(pieces, axis=1)
+    size = MAX_CONCATENATION_INPUTS
+    return _concatenated([tf.concat(pieces[k:k + size], axis=1) for k in range(0, len(pieces), size)])
+
+
 class DeployedRNN(keras.layers.Layer):
     """A recurrent layer as it will run on the device (see the module docs); float, for the converter."""
 
@@ -345,13 +364,15 @@ class DeployedRNN(keras.layers.Layer):
     def call(self, inputs, training=None):
         del training  # inference: dropout off
         spec = self.spec
-        results = [self._direction(inputs, d, direction) for d, direction in enumerate(spec.directions)]
+        steps = self._split_steps(inputs)
+        results = [self._direction(self._direction_input(inputs, steps, direction), d, direction)
+                   for d, direction in enumerate(spec.directions)]
         outputs = [sequence for sequence, _ in results]
         states = [state for _, direction_states in results for state in direction_states]
         if spec.bidirectional:
             forward, backward = outputs
             if spec.directions[1].return_sequences:
-                backward = tf.reverse(backward, [1])
+                backward = self._reversed(backward)
             outputs = self._merge(forward, backward)
         flat = list(outputs) + (states if spec.return_state else [])
         return tf.nest.pack_sequence_as(spec.structure, flat)
@@ -368,9 +389,24 @@ class DeployedRNN(keras.layers.Layer):
             return [forward * backward]
         return [forward, backward]
 
-    def _direction(self, x, d, direction):
-        """(output, flat final states) of one direction: its cells run one after the other."""
-        sequence = tf.reverse(x, [1]) if direction.go_backwards else x
+    def _split_steps(self, x):
+        """The input's time steps (one SPLIT) when time is reversed by SPLIT + CONCATENATION, else None."""
+        return tf.split(x, x.shape[1], axis=1) if self.spec.time_reversal == SPLIT_CONCATENATION else None
+
+    def _direction_input(self, x, steps, direction):
+        """What one direction reads: the input, in reverse time order for `go_backwards`."""
+        if steps is not None:  # a concatenation in order too: see the module docs
+            return _concatenated(steps[::-1] if direction.go_backwards else steps)
+        return tf.reverse(x, [1]) if direction.go_backwards else x
+
+    def _reversed(self, sequence):
+        """`sequence` (batch, T, ...) in reverse time order, in the plan's form."""
+        if self.spec.time_reversal == SPLIT_CONCATENATION:
+            return _concatenated(tf.split(sequence, sequence.shape[1], axis=1)[::-1])
+        return tf.reverse(sequence, [1])
+
+    def _direction(self, sequence, d, direction):
+        """(output, flat final states) of one direction, on its (already time-ordered) input."""
         states, last = [], None
         for k, cell in enumerate(direction.cells):
             if cell.deploy == FUSED:

@@ -18,6 +18,14 @@ How a recurrent cell deploys:
   time steps.
 * `not deployable`: a Keras mask, an `initial_state`, `time_major=True`, or an unrolled cell with a
   time dimension of None or `stateful=True`.
+
+How a recurrent layer reverses time (`LayerPlan.time_reversal`: the backward direction of a
+`Bidirectional`, `go_backwards`): with a fixed number of time steps T, one SPLIT into the T steps and
+a CONCATENATION of them in reverse order (in order for the other direction of a `Bidirectional`, whose
+input would otherwise feed both a fused LSTM and the SPLIT, which leaves that LSTM in float), and the
+same again to put a backward output sequence back in time order: integer copies an Ethos-U NPU runs
+(Vela has no reverse). `REVERSE_V2`, which Vela leaves on the CPU, where the time dimension is None,
+or where another layer's LSTM reads the same input tensor directly (it would be left in float).
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from lstm_transforms._keras import check_model, keras
 from lstm_transforms.export import _graph
 from lstm_transforms.export._describe import cell_differences, describe_quantization, display_class
 from lstm_transforms.export._describe import tfmot_differences
+from lstm_transforms.export.deployed import REVERSE_V2, SPLIT_CONCATENATION
 
 __all__ = ["plan", "deployment_plan", "ModelPlan", "LayerPlan", "CellPlan", "ACTIVATIONS",
-           "FUSED", "UNROLLED", "INTEGER", "CALIBRATED", "NO_OP", "INPUT", "BLOCKED"]
+           "FUSED", "UNROLLED", "INTEGER", "CALIBRATED", "NO_OP", "INPUT", "BLOCKED",
+           "SPLIT_CONCATENATION", "REVERSE_V2", "time_reversal"]
 
 ACTIVATIONS = ("int8", "int16")
 
@@ -89,6 +99,7 @@ class LayerPlan:
     problem: str | None = None  # not deployable: why, and the fix
     device_differs: tuple = ()  # QAT settings the flatbuffer cannot hold (warned at export)
     weight_bits: int | None = None  # the narrowest weight quantizer of the layer
+    time_reversal: str = ""  # recurrent layers: SPLIT_CONCATENATION, REVERSE_V2 or "" (no reversal)
 
     @property
     def deployable(self):
@@ -256,11 +267,15 @@ def _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activa
     problem = _layer_problem(model, layer, name, cls, rnns)
     used_cell_states = _used_cell_states(model, layer, rnns, consumed)
     steps = _graph.time_steps(layer)
+    reverses = bidirectional or any(getattr(rnn, "go_backwards", False) for rnn in rnns)
+    shared_with = _fused_lstm_reading_the_same_input(model, layer) if reverses and steps is not None else None
+    reversal = time_reversal(reverses, None if shared_with else steps)
     cell_plans = []
     for d, rnn in enumerate(rnns):
         direction = ("forward", "backward")[d] if bidirectional else ""
         for k, cell in enumerate(_graph.cells(rnn)):
-            cell_plans.append(_cell_plan(cell, rnn, direction, k, (d, k) in used_cell_states, steps, activations))
+            cell_plans.append(_cell_plan(cell, rnn, direction, k, (d, k) in used_cell_states, reversal, steps,
+                                         activations))
     blocked = [c for c in cell_plans if c.deploy == BLOCKED]
     if problem is None and blocked:
         problem = f"Layer '{name}' ({cls}){_where(blocked[0], len(cell_plans))} {blocked[0].reason}"
@@ -271,11 +286,57 @@ def _recurrent_plan(model, layer, name, cls, status, quantized, consumed, activa
     if not problem:
         parts = ([f"{fused} UNIDIRECTIONAL_SEQUENCE_LSTM op(s)"] if fused else []) + (
             ["unrolled integer ops"] if UNROLLED in kinds else [])
+        if shared_with:
+            parts.append(f"time reversal by REVERSE_V2 (its input also feeds the fused LSTM of '{shared_with}' "
+                         "directly, which the converter leaves in float next to a SPLIT; Vela leaves REVERSE_V2 on "
+                         "the CPU)")
+        elif reversal:
+            parts.append(f"time reversal by {_REVERSAL_DETAIL[reversal]}")
         if bidirectional:
-            parts.append(f"REVERSE_V2 + merge '{_graph.inner(layer).merge_mode}'")
+            parts.append(f"merge '{_graph.inner(layer).merge_mode}'")
         detail = " + ".join(parts)
     differs = tuple(cell_differences(rnns, [c.deploy == FUSED for c in cell_plans], activations))
-    return LayerPlan(name, cls, status, quantized, deploy, detail, tuple(cell_plans), problem, differs)
+    return LayerPlan(name, cls, status, quantized, deploy, detail, tuple(cell_plans), problem, differs,
+                     time_reversal=reversal)
+
+
+_REVERSAL_DETAIL = {
+    SPLIT_CONCATENATION: "SPLIT + CONCATENATION (on the NPU)",
+    REVERSE_V2: "REVERSE_V2 (time dimension None; Vela leaves it on the CPU)",
+}
+
+
+def _fused_lstm_reading_the_same_input(model, layer):
+    """The name of another recurrent layer that reads `layer`'s input without reversing it and starts with
+    an LSTM cell (so, where fused, straight from that tensor), or None.
+
+    The converter leaves a fused LSTM in float when the tensor it reads also feeds a SPLIT; such a
+    layer's time reversal stays REVERSE_V2.
+    """
+    inputs = _graph.input_tensors(model, layer)
+    if not inputs:
+        return None
+    source = id(inputs[0])
+    for other in model.layers:
+        if other is layer or not _graph.is_recurrent(other):
+            continue
+        rnns = _graph.directions(other)
+        if len(rnns) == 2 or any(getattr(r, "go_backwards", False) for r in rnns):
+            continue  # reads its input through SPLIT + CONCATENATION too
+        cells = _graph.cells(rnns[0])
+        if cells and _graph.cell_kind(cells[0]) == "lstm":
+            if any(id(t[0] if isinstance(t, (list, tuple)) else t) == source
+                   for t in (node.input_tensors for node in _graph.nodes(model, other))):
+                return _graph.inner(other).name
+    return None
+
+
+def time_reversal(reverses, steps):
+    """How a recurrent layer that `reverses` time does it: SPLIT_CONCATENATION with a fixed number of
+    `steps`, REVERSE_V2 with None; "" when nothing is reversed."""
+    if not reverses:
+        return ""
+    return REVERSE_V2 if steps is None else SPLIT_CONCATENATION
 
 
 def _where(cell_plan, count):
@@ -335,7 +396,7 @@ def _activation_name(fn):
         return getattr(fn, "__name__", repr(fn))
 
 
-def _cell_plan(cell, rnn, direction, index, c_used, steps, activations):
+def _cell_plan(cell, rnn, direction, index, c_used, reversal, steps, activations):
     kind = _graph.cell_kind(cell)
     cell_class = display_class(cell)
     notes = []
@@ -353,7 +414,7 @@ def _cell_plan(cell, rnn, direction, index, c_used, steps, activations):
         if activations == "int16":
             reasons.append(("activations='int16': the converter has no 16x8 UNIDIRECTIONAL_SEQUENCE_LSTM",
                             "activations='int8'"))
-        notes = _baked_away(cell, rnn)
+        notes = _baked_away(cell, rnn, reversal)
         if not reasons:
             return CellPlan(direction, index, cell_class, kind, FUSED, "", tuple(notes))
     elif kind in ("gru", "simple_rnn"):
@@ -374,7 +435,7 @@ def _cell_plan(cell, rnn, direction, index, c_used, steps, activations):
     return CellPlan(direction, index, cell_class, kind, UNROLLED, reason, tuple(notes))
 
 
-def _baked_away(cell, rnn):
+def _baked_away(cell, rnn, reversal):
     """Inference-time settings of an LSTM cell that deployment ignores or turns into plain weights."""
     notes = []
     if not cell.use_bias:
@@ -384,7 +445,7 @@ def _baked_away(cell, rnn):
     if getattr(rnn, "unroll", False):
         notes.append("unroll=True: a training-time loop choice")
     if getattr(rnn, "go_backwards", False):
-        notes.append("go_backwards: REVERSE_V2 of the input")
+        notes.append(f"go_backwards: input reversed in time by {reversal}")
     if getattr(rnn, "stateful", False):
         notes.append("stateful=True: the fused op keeps h and c between invoke() calls (reset_all_variables() "
                      "resets them)")
