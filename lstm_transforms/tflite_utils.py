@@ -192,6 +192,10 @@ def predict(flatbuffer, x, *, progress=False, desc="tflite", num_threads=None):
     n = len(xs[0])
     results = [[] for _ in outs]
     for i in _progress(range(n), progress, desc):
+        if any(list(a.shape[1:]) != list(it.get_tensor(d["index"]).shape[1:]) for a, d in zip(xs, ins)):
+            for a, d in zip(xs, ins):  # a dimension of None (e.g. time): the data's shape
+                it.resize_tensor_input(d["index"], [1] + list(a.shape[1:]))
+            it.allocate_tensors()
         it.reset_all_variables()
         for a, d in zip(xs, ins):
             it.set_tensor(d["index"], _quantize_input(a[i:i + 1], d))

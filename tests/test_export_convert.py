@@ -371,3 +371,24 @@ def test_a_gru_that_is_zero_on_all_the_data_exports_with_a_warning_not_a_crash()
     got = tflite_utils.predict(flatbuffer, x)
     want = np.asarray(qat(x, training=False))
     assert np.max(np.abs(got - want)) <= 2 * scale
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["lstm", "bidirectional"])
+def test_a_time_dimension_of_none_exports_and_runs_any_length(bidirectional):
+    """Input((None, F)): calibration and the interpreter take each sample's length; a Bidirectional
+    reverses time with REVERSE_V2 (SPLIT needs the length), as its plan says."""
+    x, y = _data(n=24)
+    recurrent = L.LSTM(8)
+    model = keras.Sequential([keras.Input((None, F)), L.Bidirectional(recurrent) if bidirectional else recurrent,
+                              L.Dense(CLASSES)])
+    qat = _qat(model, x, y, epochs=1)
+    flatbuffer = export_tflite(qat, x, int8_io=True)
+    ops = tflite_utils.op_names(flatbuffer)
+    assert ("REVERSE_V2" in ops) == bidirectional, ops
+    assert integer_violations(flatbuffer, int8_io=True) == []
+    scale = tf.lite.Interpreter(model_content=flatbuffer).get_output_details()[0]["quantization"][0]
+    for length in (T, 2 * T):
+        xs = _data(n=6, shape=(length, F), seed=length)[0]
+        got = tflite_utils.predict(flatbuffer, xs)
+        want = np.asarray(qat(xs, training=False))
+        assert np.max(np.abs(got - want)) <= 4 * scale, length

@@ -126,9 +126,14 @@ def measure_ranges(calibrated, arrays):
     lo = {i: np.inf for i in measured}
     hi = {i: -np.inf for i in measured}
     for n in range(len(arrays[0])):
+        samples = [a[n:n + 1] for a in arrays]
+        if any(list(x.shape) != list(it.get_tensor(d["index"]).shape) for x, d in zip(samples, inputs)):
+            for x, d in zip(samples, inputs):  # a dimension of None (e.g. time): this sample's shape
+                it.resize_tensor_input(d["index"], list(x.shape))
+            it.allocate_tensors()
         it.reset_all_variables()
-        for a, d in zip(arrays, inputs):
-            it.set_tensor(d["index"], a[n:n + 1].astype(d["dtype"]))
+        for x, d in zip(samples, inputs):
+            it.set_tensor(d["index"], x.astype(d["dtype"]))
         it.invoke()
         for i in measured:
             value = it.get_tensor(i)
