@@ -311,6 +311,12 @@ def compare(qat_model, flatbuffer, data, *, max_samples=None, plot=None):
     layer that departs from QAT. `plot="out.png"` also draws it (needs matplotlib: the `plot` extra).
     """
     check_model(qat_model, "qat_model")
+    for tensor in qat_model.inputs:
+        if None in tuple(tensor.shape[1:]):
+            raise ValueError(
+                f"compare() needs fixed input shapes: '{qat_model.name}' input '{tensor.name}' has shape "
+                f"{tuple(tensor.shape)}. Build the same model with a fixed shape (e.g. Input((T, F))), copy the "
+                "weights with set_weights, and export and compare that one.")
     arrays = _as_samples(data, len(qat_model.inputs), max_samples)
     if not len(arrays[0]):
         raise ValueError("data is empty: give at least one sample")

@@ -376,7 +376,8 @@ def test_a_gru_that_is_zero_on_all_the_data_exports_with_a_warning_not_a_crash()
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["lstm", "bidirectional"])
 def test_a_time_dimension_of_none_exports_and_runs_any_length(bidirectional):
     """Input((None, F)): calibration and the interpreter take each sample's length; a Bidirectional
-    reverses time with REVERSE_V2 (SPLIT needs the length), as its plan says."""
+    reverses time with REVERSE_V2 (SPLIT needs the length), as its plan says. `compare` says it needs a
+    fixed shape."""
     x, y = _data(n=24)
     recurrent = L.LSTM(8)
     model = keras.Sequential([keras.Input((None, F)), L.Bidirectional(recurrent) if bidirectional else recurrent,
@@ -392,3 +393,5 @@ def test_a_time_dimension_of_none_exports_and_runs_any_length(bidirectional):
         got = tflite_utils.predict(flatbuffer, xs)
         want = np.asarray(qat(xs, training=False))
         assert np.max(np.abs(got - want)) <= 4 * scale, length
+    with pytest.raises(ValueError, match=r"compare\(\) needs fixed input shapes: .* has shape \(None, None, 6\)"):
+        lt.compare(qat, flatbuffer, xs)
