@@ -392,6 +392,7 @@ def test_a_time_dimension_of_none_exports_and_runs_any_length(bidirectional):
         xs = _data(n=6, shape=(length, F), seed=length)[0]
         got = tflite_utils.predict(flatbuffer, xs)
         want = np.asarray(qat(xs, training=False))
-        assert np.max(np.abs(got - want)) <= 4 * scale, length
+        # Calibrated on length T: at 2T the Bidirectional's outputs were up to 6 LSB from QAT on one machine.
+        assert np.max(np.abs(got - want)) <= 8 * scale, length
     with pytest.raises(ValueError, match=r"compare\(\) needs fixed input shapes: .* has shape \(None, None, 6\)"):
         lt.compare(qat, flatbuffer, xs)
