@@ -26,6 +26,7 @@ __all__ = [
     "weights",
     "lstm_gate_weights",
     "predict",
+    "resize_inputs",
     "evaluate",
     "summary",
     "LSTM_GATE_INPUTS",
@@ -191,11 +192,8 @@ def predict(flatbuffer, x, *, progress=False, desc="tflite", num_threads=None):
         raise ValueError(f"the model has {len(ins)} inputs, got {len(xs)} arrays")
     n = len(xs[0])
     results = [[] for _ in outs]
+    resize_inputs(it, [a.shape[1:] for a in xs])
     for i in _progress(range(n), progress, desc):
-        if any(list(a.shape[1:]) != list(it.get_tensor(d["index"]).shape[1:]) for a, d in zip(xs, ins)):
-            for a, d in zip(xs, ins):  # a dimension of None (e.g. time): the data's shape
-                it.resize_tensor_input(d["index"], [1] + list(a.shape[1:]))
-            it.allocate_tensors()
         it.reset_all_variables()
         for a, d in zip(xs, ins):
             it.set_tensor(d["index"], _quantize_input(a[i:i + 1], d))
@@ -204,6 +202,18 @@ def predict(flatbuffer, x, *, progress=False, desc="tflite", num_threads=None):
             r.append(_dequantize_output(it.get_tensor(d["index"]), d)[0])
     stacked = [np.stack(r) for r in results]
     return stacked[0] if len(stacked) == 1 else stacked
+
+
+def resize_inputs(interpreter, sample_shapes):
+    """Give each input the batch-1 shape of its samples (`sample_shapes`: one per input, without the batch)
+    where they differ, as for a dimension of None (e.g. time), and reallocate once."""
+    resized = False
+    for detail, shape in zip(interpreter.get_input_details(), sample_shapes):
+        if list(detail["shape"][1:]) != list(shape):
+            interpreter.resize_tensor_input(detail["index"], [1] + list(shape))
+            resized = True
+    if resized:
+        interpreter.allocate_tensors()
 
 
 def evaluate(flatbuffer, x, y, *, progress=False, desc="tflite"):

@@ -104,6 +104,8 @@ def measure_ranges(calibrated, arrays):
     """
     import tensorflow as tf
 
+    from lstm_transforms.tflite_utils import resize_inputs
+
     model = read(calibrated)
     graph = model.subgraphs[0]
     fixed = {int(i) for op in graph.operators if op.intermediates is not None for i in op.intermediates}
@@ -125,15 +127,11 @@ def measure_ranges(calibrated, arrays):
     inputs = it.get_input_details()
     lo = {i: np.inf for i in measured}
     hi = {i: -np.inf for i in measured}
+    resize_inputs(it, [a.shape[1:] for a in arrays])
     for n in range(len(arrays[0])):
-        samples = [a[n:n + 1] for a in arrays]
-        if any(list(x.shape) != list(it.get_tensor(d["index"]).shape) for x, d in zip(samples, inputs)):
-            for x, d in zip(samples, inputs):  # a dimension of None (e.g. time): this sample's shape
-                it.resize_tensor_input(d["index"], list(x.shape))
-            it.allocate_tensors()
         it.reset_all_variables()
-        for x, d in zip(samples, inputs):
-            it.set_tensor(d["index"], x.astype(d["dtype"]))
+        for a, d in zip(arrays, inputs):
+            it.set_tensor(d["index"], a[n:n + 1].astype(d["dtype"]))
         it.invoke()
         for i in measured:
             value = it.get_tensor(i)
