@@ -237,8 +237,12 @@ def _range_scale(model, tensor):
         if values is None or not values.size:
             return None
         bounds = float(values.min()), float(values.max())
-    lo, hi = min(bounds[0], 0.0), max(bounds[1], 0.0)
-    return (hi - lo) / 255.0
+    return _int8_scale(*bounds)
+
+
+def _int8_scale(lo, hi):
+    """The asymmetric int8 scale of [lo, hi] with 0 included (0 for an empty range)."""
+    return (max(hi, 0.0) - min(lo, 0.0)) / 255.0
 
 
 def widen_narrow_sums(model, graph, left_shift):
@@ -368,9 +372,8 @@ def _share_group_ranges(model, graph):
 
 def _set_int8_params(tensor, lo, hi):
     """Asymmetric int8 scale / zero point of [lo, hi] (0 included), as the converter derives them."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    zero = int(np.clip(np.round(-128 - lo / scale), -128, 127))
+    scale = _int8_scale(lo, hi) or 1.0
+    zero = int(np.clip(np.round(-128 - min(lo, 0.0) / scale), -128, 127))
     tensor.quantization.scale = [float(scale)]
     tensor.quantization.zeroPoint = [zero]
 
