@@ -15,8 +15,9 @@ batch-1 latency with one interpreter thread, state reset before each invocation,
 `tf.lite.Interpreter` and, when installed (`pip install ai-edge-litert`), in
 `ai_edge_litert.interpreter.Interpreter`, both with their default delegates. The variants run
 interleaved: each of `--rounds` rounds runs `--per-round` invocations of every (runtime, flatbuffer)
-pair in turn, so load on a shared machine hits them alike. Targets (issue 11): dynamic <= 1.0x float
-latency and <= 0.30x float bytes. Exit status 0 when every model meets both in every runtime.
+pair in turn, so load on a shared machine hits them alike; the load averages before and after are
+printed with the table. Targets (issue 11): dynamic <= 1.0x float latency and <= 0.30x float bytes.
+Exit status 0 when every model meets both in every runtime.
 """
 
 import argparse
@@ -93,6 +94,7 @@ def main(argv=None):
     parser.add_argument("--per-round", type=int, default=50)
     args = parser.parse_args(argv)
     makers = runtimes()
+    load_before = os.getloadavg()
     rows = []
     for build in (lstm, question, gru):
         name, fbs, x = flatbuffers(build)
@@ -126,6 +128,7 @@ def main(argv=None):
     print(f"\nbatch 1, 1 interpreter thread, default delegates, median of {args.rounds} x {args.per_round} "
           "interleaved invocations each, state reset before each; targets: dynamic <= 1.0x float latency, "
           "<= 0.30x float bytes")
+    print("load average (1, 5, 15 min): before %.2f %.2f %.2f, after %.2f %.2f %.2f" % (load_before + os.getloadavg()))
     return 0 if ok else 1
 
 
