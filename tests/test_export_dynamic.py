@@ -11,7 +11,7 @@ import pytest
 import lstm_transforms as lt
 from lstm_transforms import tflite_utils
 from lstm_transforms._keras import keras, tf
-from lstm_transforms.export import ExportError, baked_float_model, convert, deployment_plan, export_tflite
+from lstm_transforms.export import ExportError, _flatbuffer, baked_float_model, convert, deployment_plan, export_tflite
 from lstm_transforms.export.convert import _input_specs, _save
 from lstm_transforms.export.verify import float_weights, verify_weights_only
 from tests.export_helpers import qat_weight
@@ -94,6 +94,15 @@ def test_activations_are_float_and_the_lstm_stays_fused(lstm_case):
     it = tflite_utils.interpreter(fb, inspect=True)
     assert [np.dtype(d["dtype"]) for d in it.get_input_details() + it.get_output_details()] == [np.float32] * 2
     assert float_weights(fb) == []
+
+
+def test_hybrid_ops_quantize_their_inputs_asymmetrically(lstm_case):
+    # The hybrid kernels' faster path on x86 (and the converter's own choice): see _hybrid's docstring.
+    model = _flatbuffer.read(lstm_case[2])
+    ops = [(_flatbuffer.op_name(model, op), op.builtinOptions) for op in model.subgraphs[0].operators]
+    flags = {name: [o.asymmetricQuantizeInputs for n, o in ops if n == name]
+             for name in ("UNIDIRECTIONAL_SEQUENCE_LSTM", "FULLY_CONNECTED")}
+    assert flags == {"UNIDIRECTIONAL_SEQUENCE_LSTM": [True], "FULLY_CONNECTED": [True, True]}
 
 
 def _weights_only(qat, x):
