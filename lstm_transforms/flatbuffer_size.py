@@ -10,9 +10,11 @@ no runtime reads and writes every repeated table once:
 * the empty buffer of each tensor without constant data (all of them point at buffer 0, which TFLite
   keeps empty for that);
 * quantization parameters with nothing in them (float tensors);
-* repeated vectors (shapes, scales, zero points, operator inputs, equal constant data) and quantization
-  parameter tables are written once and shared by every tensor / operator that has them (a flatbuffer
-  table or vector may be referenced from several places; the schema's own writer copies them).
+* repeated vectors (shapes, scales, zero points, operator inputs, equal constant data), quantization
+  parameter tables, tensor tables (tensors are told apart by their index, e.g. the 29 outputs of a
+  SPLIT into time steps are one table) and operator options tables are written once and shared by
+  every tensor / operator that has them (a flatbuffer table or vector may be referenced from several
+  places; the schema's own writer copies each).
 
 Operator codes, custom op names and the other metadata stay. The math is untouched: TFLite and TFLite
 Micro give identical outputs before and after, and Vela places the same operators (tests check all).
@@ -22,6 +24,9 @@ how Vela's report names CPU operators. Keep the unstripped file for diagnostics.
 """
 
 from __future__ import annotations
+
+import flatbuffers
+import numpy as np
 
 __all__ = ["strip_strings", "size_breakdown"]
 
@@ -93,55 +98,83 @@ def _share_empty_buffer(model):
         m.buffer = index[int(m.buffer)]
 
 
+class _SharingBuilder(flatbuffers.Builder):
+    """A flatbuffers builder that writes each distinct numeric vector once (`CreateNumpyVector`) and keeps
+    the tables packed through `_SharedTable` in `written`."""
+
+    def __init__(self):
+        super().__init__(1024)
+        self.written = {}
+
+    def CreateNumpyVector(self, x):  # noqa: N802 - the flatbuffers method it overrides
+        key = ("vector", x.dtype.str, x.tobytes())
+        if key not in self.written:
+            self.written[key] = super().CreateNumpyVector(x)
+        return self.written[key]
+
+
+class _SharedTable:
+    """An object-API table packed once per `_SharingBuilder`: every later `Pack` returns the same offset."""
+
+    def __init__(self, table, key):
+        self.table, self.key = table, key
+
+    def Pack(self, builder):  # noqa: N802 - the object API's method name
+        if self.key not in builder.written:
+            builder.written[self.key] = self.table.Pack(builder)
+        return builder.written[self.key]
+
+
+def _array(values, dtype):
+    return None if values is None else np.asarray(values, dtype)
+
+
+def _bytes(values):
+    return None if values is None else values.tobytes()
+
+
+def _share_quantization(tensor):
+    q = tensor.quantization
+    if q is None or q.details is not None:
+        return
+    q.min, q.max, q.scale = _array(q.min, np.float32), _array(q.max, np.float32), _array(q.scale, np.float32)
+    q.zeroPoint = _array(q.zeroPoint, np.int64)
+    key = ("quantization", int(q.quantizedDimension)) + tuple(map(_bytes, (q.min, q.max, q.scale, q.zeroPoint)))
+    tensor.quantization = _SharedTable(q, key)
+
+
+def _shared_tensor(tensor):
+    """`tensor` as a table shared with every tensor of equal content (tensors are told apart by their
+    index, not by their table), or itself when it has a name, sparsity, variant tensors or unshared
+    quantization details."""
+    q = tensor.quantization
+    if tensor.name is not None or tensor.sparsity is not None or tensor.variantTensors is not None or not (
+            q is None or isinstance(q, _SharedTable)):
+        return tensor
+    tensor.shapeSignature = _array(tensor.shapeSignature, np.int32)
+    key = ("tensor", _bytes(tensor.shape), int(tensor.type), int(tensor.buffer), None if q is None else q.key,
+           bool(tensor.isVariable), bool(tensor.hasRank), _bytes(tensor.shapeSignature), int(tensor.externalBuffer))
+    return _SharedTable(tensor, key)
+
+
+def _share_options(op):
+    options = op.builtinOptions
+    fields = sorted(vars(options).items()) if options is not None else ()
+    if options is not None and all(isinstance(v, (bool, int, float, type(None))) for _, v in fields):
+        op.builtinOptions = _SharedTable(options, ("options", type(options).__name__) + tuple(fields))
+
+
 def _write_shared(model):
-    """The model's bytes, each distinct numeric vector and quantization table written once and shared."""
-    import flatbuffers
-    import numpy as np
-
-    class SharingBuilder(flatbuffers.Builder):
-        def __init__(self):
-            super().__init__(1024)
-            self.written = {}
-
-        def CreateNumpyVector(self, x):  # noqa: N802 - the flatbuffers method it overrides
-            key = ("vector", x.dtype.str, x.tobytes())
-            if key not in self.written:
-                self.written[key] = super().CreateNumpyVector(x)
-            return self.written[key]
-
-    class SharedTable:
-        """Packs `table` once per builder, under `key`."""
-
-        def __init__(self, table, key):
-            self.table, self.key = table, key
-
-        def Pack(self, builder):  # noqa: N802 - the object API's method name
-            if self.key not in builder.written:
-                builder.written[self.key] = self.table.Pack(builder)
-            return builder.written[self.key]
-
-    def array(values, dtype):
-        return None if values is None else np.asarray(values, dtype)
-
+    """The model's bytes, each distinct numeric vector, quantization table, tensor table and operator
+    options table written once and shared."""
     for graph in model.subgraphs:
-        for tensor in graph.tensors or []:
-            if tensor.shape is not None:
-                tensor.shape = array(tensor.shape, np.int32)
-            q = tensor.quantization
-            if q is None or q.details is not None:
-                continue
-            q.min, q.max, q.scale = array(q.min, np.float32), array(q.max, np.float32), array(q.scale, np.float32)
-            q.zeroPoint = array(q.zeroPoint, np.int64)
-            key = ("quantization", int(q.quantizedDimension)) + tuple(
-                None if v is None else v.tobytes() for v in (q.min, q.max, q.scale, q.zeroPoint))
-            tensor.quantization = SharedTable(q, key)
+        for k, tensor in enumerate(graph.tensors or []):
+            tensor.shape = _array(tensor.shape, np.int32)
+            _share_quantization(tensor)
+            graph.tensors[k] = _shared_tensor(tensor)
         for op in graph.operators or []:
-            options = op.builtinOptions
-            fields = vars(options).items() if options is not None else ()
-            if options is not None and all(isinstance(v, (bool, int, float, type(None))) for _, v in fields):
-                key = ("options", type(options).__name__) + tuple(sorted(fields))
-                op.builtinOptions = SharedTable(options, key)
-    builder = SharingBuilder()
+            _share_options(op)
+    builder = _SharingBuilder()
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 

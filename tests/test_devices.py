@@ -233,21 +233,23 @@ def test_strip_strings_keeps_outputs_and_the_signature(exported, kind):
     assert size["operators"] == len(tflite_utils.op_names(fb))
 
 
-def _quantization_table_positions(flatbuffer):
-    """Per tensor of subgraph 0: where its QuantizationParameters table starts in the file (None: none)."""
+def _table_positions(flatbuffer):
+    """Per tensor of subgraph 0: where its Tensor table and its QuantizationParameters table (None: none)
+    start in the file."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     graph = schema.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
-    tables = (graph.Tensors(k).Quantization() for k in range(graph.TensorsLength()))
-    return [None if q is None else q._tab.Pos for q in tables]
+    tensors = [graph.Tensors(k) for k in range(graph.TensorsLength())]
+    return [t._tab.Pos for t in tensors], [None if t.Quantization() is None else t.Quantization()._tab.Pos
+                                           for t in tensors]
 
 
 def test_strip_strings_shares_tables_and_keeps_the_bilstm_bit_identical_on_every_runtime(exported):
     """The BiLSTM's int8 I/O flatbuffer (SPLIT + CONCATENATION time reversal: 29 step tensors of one scale)
     stripped: TFLite and TFLite Micro outputs bit for bit those of the unstripped file, Vela still puts
     every operator on the NPU with the same arena, and the signature runs. The bytes go because repeated
-    tables are written once (the split outputs share one quantization table), tensors without data share
-    buffer 0 and CONVERSION_METADATA is gone."""
+    tables are written once (the split outputs share one Tensor table and one quantization table), tensors
+    without data share buffer 0 and CONVERSION_METADATA is gone."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     _, fb, x = exported["bilstm"]
@@ -267,9 +269,10 @@ def test_strip_strings_shares_tables_and_keeps_the_bilstm_bit_identical_on_every
     assert [bytes(m.name) for m in model.metadata] == [b"min_runtime_version"]
     empty = [k for k, b in enumerate(model.buffers) if b.data is None or len(b.data) == 0]
     assert empty == [0]
-    positions = _quantization_table_positions(stripped)
-    quantized = [p for p in positions if p is not None]
+    tensors, quantizations = _table_positions(stripped)
+    quantized = [p for p in quantizations if p is not None]
     assert len(set(quantized)) < len(quantized) - 28  # at least the 29 split outputs share one table
+    assert len(set(tensors)) < len(tensors) - 28  # so do their Tensor tables (same shape, type, scale)
     stock = flatbuffer_utils.convert_bytearray_to_object(bytearray(fb))
     flatbuffer_utils.strip_strings(stock)
     assert len(stripped) < 0.88 * len(flatbuffer_utils.convert_object_to_bytearray(stock))
