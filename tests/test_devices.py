@@ -213,7 +213,7 @@ def test_exported_bidirectional_sequences_after_a_conv_run_on_the_npu(data):
     assert error.max() <= 4, error.max()
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stacked"])
 def test_strip_strings_keeps_outputs_and_the_signature(exported, kind):
     _, fb, x = exported[kind]
     stripped = flatbuffer_size.strip_strings(fb)
@@ -221,6 +221,8 @@ def test_strip_strings_keeps_outputs_and_the_signature(exported, kind):
     assert all(t["name"] == "" for t in tflite_utils.tensors(stripped))
     np.testing.assert_array_equal(tflite_utils.predict(stripped, x[:20]), tflite_utils.predict(fb, x[:20]))
     np.testing.assert_array_equal(devices.micro_predict(stripped, x[:20]), devices.micro_predict(fb, x[:20]))
+    report = devices.vela_compile(stripped, "ethos-u55-128")
+    assert report.npu_share == 1.0 and len(report.operators) == len(tflite_utils.op_names(fb))
     runners = [tflite_utils.interpreter(b).get_signature_runner() for b in (fb, stripped)]
     sample = np.clip(np.round(x[:1] / 0.05), -128, 127).astype(np.int8)
     key = list(runners[0].get_input_details())[0]
