@@ -213,7 +213,7 @@ def test_exported_bidirectional_sequences_after_a_conv_run_on_the_npu(data):
     assert error.max() <= 4, error.max()
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stacked"])
 def test_strip_strings_keeps_outputs_and_the_signature(exported, kind):
     _, fb, x = exported[kind]
     stripped = flatbuffer_size.strip_strings(fb)
@@ -221,6 +221,8 @@ def test_strip_strings_keeps_outputs_and_the_signature(exported, kind):
     assert all(t["name"] == "" for t in tflite_utils.tensors(stripped))
     np.testing.assert_array_equal(tflite_utils.predict(stripped, x[:20]), tflite_utils.predict(fb, x[:20]))
     np.testing.assert_array_equal(devices.micro_predict(stripped, x[:20]), devices.micro_predict(fb, x[:20]))
+    report = devices.vela_compile(stripped, "ethos-u55-128")
+    assert report.npu_share == 1.0 and len(report.operators) == len(tflite_utils.op_names(fb))
     runners = [tflite_utils.interpreter(b).get_signature_runner() for b in (fb, stripped)]
     sample = np.clip(np.round(x[:1] / 0.05), -128, 127).astype(np.int8)
     key = list(runners[0].get_input_details())[0]
@@ -231,6 +233,51 @@ def test_strip_strings_keeps_outputs_and_the_signature(exported, kind):
     size = flatbuffer_size.size_breakdown(stripped)
     assert size["name_bytes"] == 0 and size["total"] == len(stripped) and 0 < size["buffers"] < size["total"]
     assert size["operators"] == len(tflite_utils.op_names(fb))
+
+
+def _table_positions(flatbuffer):
+    """Per tensor of subgraph 0: where its Tensor table and its QuantizationParameters table (None: none)
+    start in the file."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
+    tensors = [graph.Tensors(k) for k in range(graph.TensorsLength())]
+    return [t._tab.Pos for t in tensors], [None if t.Quantization() is None else t.Quantization()._tab.Pos
+                                           for t in tensors]
+
+
+def test_strip_strings_shares_tables_and_keeps_the_bilstm_bit_identical_on_every_runtime(exported):
+    """The BiLSTM's int8 I/O flatbuffer (SPLIT + CONCATENATION time reversal: 29 step tensors of one scale)
+    stripped: TFLite and TFLite Micro outputs bit for bit those of the unstripped file, Vela still puts
+    every operator on the NPU with the same arena, and the signature runs. The bytes go because repeated
+    tables are written once (the split outputs share one Tensor table and one quantization table), tensors
+    without data share buffer 0 and CONVERSION_METADATA is gone."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    _, fb, x = exported["bilstm"]
+    stripped = flatbuffer_size.strip_strings(fb)
+    np.testing.assert_array_equal(tflite_utils.predict(stripped, x[:40]), tflite_utils.predict(fb, x[:40]))
+    np.testing.assert_array_equal(devices.micro_predict(stripped, x[:40]), devices.micro_predict(fb, x[:40]))
+    assert devices.micro_arena_bytes(stripped) == devices.micro_arena_bytes(fb)
+    report = devices.vela_compile(stripped, "ethos-u55-128")
+    assert report.cpu_operators == [] and report.npu_share == 1.0
+    assert len(report.operators) == len(tflite_utils.op_names(fb))
+    runner = tflite_utils.interpreter(stripped).get_signature_runner()
+    key = list(runner.get_input_details())[0]
+    sample = np.clip(np.round(x[:1] / 0.05), -128, 127).astype(np.int8)
+    assert list(runner(**{key: sample}).values())[0].shape == (1, 9)
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(stripped))
+    assert [bytes(m.name) for m in model.metadata] == [b"min_runtime_version"]
+    empty = [k for k, b in enumerate(model.buffers) if b.data is None or len(b.data) == 0]
+    assert empty == [0]
+    tensors, quantizations = _table_positions(stripped)
+    quantized = [p for p in quantizations if p is not None]
+    assert len(set(quantized)) < len(quantized) - 28  # at least the 29 split outputs share one table
+    assert len(set(tensors)) < len(tensors) - 28  # so do their Tensor tables (same shape, type, scale)
+    stock = flatbuffer_utils.convert_bytearray_to_object(bytearray(fb))
+    flatbuffer_utils.strip_strings(stock)
+    assert len(stripped) < 0.88 * len(flatbuffer_utils.convert_object_to_bytearray(stock))
 
 
 def test_missing_wheels_raise_an_import_error_naming_the_extra(monkeypatch, exported):
