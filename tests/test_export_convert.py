@@ -231,13 +231,41 @@ def test_question_architecture_small_layer_by_layer():
     fb = export_tflite(qat, x)
     assert tflite_utils.op_names(fb).count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1
     assert integer_violations(fb) == [] and bias_scale_mismatches(fb) == []
-    errors = summary(lsb_errors(qat, fb, x, {"conv": ("CONV_2D", 0), "bn": ("ADD", 0), "lstm": (
+    ops = tflite_utils.op_names(fb)
+    assert "MUL" not in ops and ops.count("DEPTHWISE_CONV_2D") == 1, ops  # the BatchNorm, one rounding as in QAT
+    errors = summary(lsb_errors(qat, fb, x, {"conv": ("CONV_2D", 0), "bn": ("DEPTHWISE_CONV_2D", 0), "lstm": (
         "UNIDIRECTIONAL_SEQUENCE_LSTM", 0), "hidden": ("FULLY_CONNECTED", 0)}))
     for name, (mean, p99, worst) in errors.items():  # (mean, p99, max) in steps of that tensor's scale
         # 'hidden' sums 96 LSTM outputs, each within a step of QAT's
         p99_bound, max_bound = (2.0, 3.0) if name == "hidden" else (1.0, 2.0)
         assert p99 <= p99_bound and worst <= max_bound, (name, errors)
     _assert_same_predictions(tflite_utils.predict(fb, x), qat.predict(x, verbose=0), 0.05)
+
+
+def test_a_standalone_batch_norm_exports_as_one_depthwise_convolution_with_its_factors_exact():
+    """TFLite runs a BatchNormalization as MUL then ADD: two int8 roundings where QAT rounds once. Export
+    folds it into a 1x1 DEPTHWISE_CONV_2D: per channel one weight, stored as +-127 on its own scale
+    (the factor gamma / sqrt(var + eps) exactly), the offset as its bias."""
+    keras.utils.set_random_seed(7)
+    x, y = _data(shape=(T, F, 2))
+    i = keras.Input((T, F, 2))
+    h = L.BatchNormalization(name="bn")(L.Conv2D(3, (3, 1), activation="relu", padding="same", name="conv")(i))
+    h = L.LSTM(8, name="lstm")(L.Reshape((T, F * 3))(h))
+    qat = _qat(keras.Model(i, L.Dense(CLASSES, activation="softmax", name="out")(h)), x, y)
+    fb = export_tflite(qat, x)
+    ops = tflite_utils.op_names(fb)
+    assert "MUL" not in ops and ops.count("DEPTHWISE_CONV_2D") == 1, ops
+    it = tflite_utils.interpreter(fb, inspect=True)
+    depthwise = next(op for op in it._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D")
+    weight = int(depthwise["inputs"][1])
+    codes = it.get_tensor(weight).reshape(-1)
+    scales = next(t for t in tflite_utils.tensors(fb) if t["index"] == weight)["scales"]
+    bn = next(layer for layer in qat.layers if layer.name == "quant_bn").layer
+    factor = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    assert np.all(np.abs(codes) == 127), codes
+    np.testing.assert_allclose(codes * scales, factor, rtol=1e-6)
+    errors = summary(lsb_errors(qat, fb, x, {"bn": ("DEPTHWISE_CONV_2D", 0)}))
+    assert errors["bn"][1] <= 1.0 and errors["bn"][2] <= 2.0, errors
 
 
 def test_concatenation_with_a_side_input_shares_one_scale():

@@ -30,7 +30,7 @@ def _example():
 # QAT layer -> (TFLite op producing its output, occurrence)
 LAYER_OPS = {
     "conv2d": ("CONV_2D", 0),
-    "batch_normalization": ("ADD", 0),
+    "batch_normalization": ("DEPTHWISE_CONV_2D", 0),
     "squeeze_last_dim": ("RESHAPE", 0),
     "lstm": ("UNIDIRECTIONAL_SEQUENCE_LSTM", 0),
     "flatten": ("RESHAPE", 1),
