@@ -35,9 +35,10 @@ def test_japanese_vowels_int8_matches_qat_and_float_over_seeds(arch):
         assert r["qat_keras"] >= r["qat_calibrated"] - 0.01, r
     mean = {key: float(np.mean([r[key] for r in runs])) for key in ("float", "qat_keras", "int8", "agreement")}
     assert mean["int8"] >= mean["float"] - 0.005, (mean, runs)
-    # Issue 9 asks >= 99.5%. LSTM: 99.9% (seeds 0-4). The question model measured 99.46% on seeds 0-2
-    # (99.5, 98.9, 100): its two Dense layers sum 1,856 LSTM outputs, ~10% of them one step off QAT's,
-    # and a few test sequences sit on a class boundary. Its bar here is what it reliably reaches.
+    # Issue 9 asks >= 99.5%. Measured on seeds 0-2: LSTM 99.91%, the question model 99.64% (100, 99.2,
+    # 99.7; 99.46% while its BatchNorm was a MUL + ADD). Its two Dense layers sum 1,856 LSTM outputs,
+    # 5-7% of them one step off QAT's, and a few test sequences sit on a class boundary: float training
+    # differs between machines, so its bar here keeps a margin of a few sequences.
     assert mean["agreement"] >= {"lstm": 0.995, "question": 0.99}[arch], (mean, runs)
 
 
