@@ -21,7 +21,6 @@ Columns, in % of LSTM outputs (370 sequences x 29 steps x 64 units):
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -32,12 +31,9 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-import lstm_transforms as lt  # noqa: E402
-from lstm_transforms._keras import keras  # noqa: E402
-from lstm_transforms.datasets import load_japanese_vowels  # noqa: E402
-from lstm_transforms.export import export_tflite  # noqa: E402
-from tests.export_helpers import _interpreter, qat_outputs  # noqa: E402
-from tests.integer_lstm import INT16_MAX, INT16_MIN, IntegerLSTM  # noqa: E402
+from tests.export_helpers import qat_outputs  # noqa: E402
+from tests.test_export_real_data import trained_question  # noqa: E402
+from tests.integer_lstm import INT16_MAX, INT16_MIN, IntegerLSTM, interpreter_lstm  # noqa: E402
 
 STAGES = ("preact", "act", "cell", "tanh_c", "hidden")
 
@@ -95,38 +91,6 @@ class QATStages(IntegerLSTM):
         if "hidden" not in self.floats:
             return super().hidden(o, tanh_c)
         return np.clip(_round_half_up(o * tanh_c * 2.0**-30 / self.hidden_scale) + self.hidden_zero_point, -128, 127)
-
-
-def trained_question(seed):
-    """(qat model, flatbuffer, x_test) as the `question` fixture builds them."""
-    spec = importlib.util.spec_from_file_location("jv", os.path.join(ROOT, "examples", "japanese_vowels.py"))
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    keras.utils.set_random_seed(seed)
-    x_train, y_train, x_test, _ = load_japanese_vowels()
-    x_train, x_test = x_train[..., None], x_test[..., None]
-    model = example.question_model()
-    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
-    model.fit(x_train, y_train, batch_size=32, epochs=10, verbose=0)
-    qat = lt.quantize_model(model)
-    lt.calibrate(qat, x_train)
-    qat.compile(keras.optimizers.Adam(2e-4), "sparse_categorical_crossentropy")
-    qat.fit(x_train, y_train, batch_size=32, epochs=2, verbose=0)
-    return qat, export_tflite(qat, x_train), x_test
-
-
-def interpreter_lstm(flatbuffer, x, kernel):
-    """(int8 LSTM input, int8 LSTM output) of every sequence, state reset before each."""
-    it = _interpreter(flatbuffer)
-    detail = it.get_input_details()[0]
-    inputs, outputs = [], []
-    for row in x:
-        it.reset_all_variables()
-        it.set_tensor(detail["index"], row[None].astype(detail["dtype"]))
-        it.invoke()
-        inputs.append(it.get_tensor(kernel.tensor_indices["input"]).copy())
-        outputs.append(it.get_tensor(kernel.tensor_indices["output"]).copy())
-    return np.concatenate(inputs).astype(np.int64), np.concatenate(outputs)
 
 
 def main():

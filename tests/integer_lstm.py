@@ -333,3 +333,20 @@ class IntegerLSTM:
             cells.append(c)
         out = np.stack(outputs, 1).astype(np.int8)
         return (out, np.stack(cells, 1).astype(np.int16)) if return_cell else out
+
+
+def interpreter_lstm(flatbuffer, x, emulator):
+    """(int8 input, int8 output) of the flatbuffer's LSTM op (the one `emulator` reads) for every
+    sequence of `x`, each from a zero state, read from TFLite's interpreter."""
+    from tests.export_helpers import _interpreter
+
+    it = _interpreter(flatbuffer)
+    detail = it.get_input_details()[0]
+    inputs, outputs = [], []
+    for row in x:
+        it.reset_all_variables()
+        it.set_tensor(detail["index"], row[None].astype(detail["dtype"]))
+        it.invoke()
+        inputs.append(it.get_tensor(emulator.tensor_indices["input"]).copy())
+        outputs.append(it.get_tensor(emulator.tensor_indices["output"]).copy())
+    return np.concatenate(inputs), np.concatenate(outputs)

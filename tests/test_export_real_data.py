@@ -39,9 +39,9 @@ LAYER_OPS = {
 }
 
 
-@pytest.fixture(scope="module")
-def question():
-    keras.utils.set_random_seed(0)
+def trained_question(seed):
+    """(QAT model, flatbuffer, test inputs): the question's model, 10 float epochs, `calibrate`, 2 QAT epochs."""
+    keras.utils.set_random_seed(seed)
     x_train, y_train, x_test, _ = load_japanese_vowels()
     x_train, x_test = x_train[..., None], x_test[..., None]
     model = _example().question_model()
@@ -51,7 +51,13 @@ def question():
     lt.calibrate(qat, x_train)
     qat.compile(keras.optimizers.Adam(2e-4), "sparse_categorical_crossentropy")
     qat.fit(x_train, y_train, batch_size=32, epochs=2, verbose=0)
-    return qat, x_test, export_tflite(qat, x_train)
+    return qat, export_tflite(qat, x_train), x_test
+
+
+@pytest.fixture(scope="module")
+def question():
+    qat, flatbuffer, x_test = trained_question(0)
+    return qat, x_test, flatbuffer
 
 
 def test_question_model_per_layer_within_the_issue_bar(question):

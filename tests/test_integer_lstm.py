@@ -11,8 +11,7 @@ import pytest
 import lstm_transforms as lt
 from lstm_transforms._keras import keras
 from lstm_transforms.export import export_tflite
-from tests.export_helpers import _interpreter
-from tests.integer_lstm import IntegerLSTM, logistic_table, quantize_multiplier, tanh_table
+from tests.integer_lstm import IntegerLSTM, interpreter_lstm, logistic_table, quantize_multiplier, tanh_table
 
 L = keras.layers
 INPUTS = [-32768, -20000, -4096, -1000, -1, 1, 7, 1000, 4096, 12345, 32767]
@@ -51,24 +50,10 @@ def exported_lstm():
     return x, export_tflite(qat, x)
 
 
-def _interpreter_lstm(flatbuffer, x, emulator):
-    """(int8 input, int8 output) of the LSTM op per sequence, each from zero state."""
-    it = _interpreter(flatbuffer)
-    detail = it.get_input_details()[0]
-    inputs, outputs = [], []
-    for row in x:
-        it.reset_all_variables()
-        it.set_tensor(detail["index"], row[None].astype(detail["dtype"]))
-        it.invoke()
-        inputs.append(it.get_tensor(emulator.tensor_indices["input"]).copy())
-        outputs.append(it.get_tensor(emulator.tensor_indices["output"]).copy())
-    return np.concatenate(inputs), np.concatenate(outputs)
-
-
 def test_emulated_lstm_is_bit_exact_against_the_interpreter(exported_lstm):
     x, flatbuffer = exported_lstm
     emulator = IntegerLSTM(flatbuffer)
-    x_int8, expected = _interpreter_lstm(flatbuffer, x, emulator)
+    x_int8, expected = interpreter_lstm(flatbuffer, x, emulator)
     assert x_int8.dtype == np.int8 and expected.dtype == np.int8
     assert len(np.unique(expected)) > 20  # a real trajectory, not a saturated or constant output
     assert emulator.hidden_zero_point != 0  # the zero point's sign is exercised
@@ -79,7 +64,7 @@ def test_emulator_stages_matter(exported_lstm):
     """Swapping gemmlowp's tanh(c) for the exact one changes outputs: the comparison above can fail."""
     x, flatbuffer = exported_lstm
     emulator = IntegerLSTM(flatbuffer)
-    x_int8, expected = _interpreter_lstm(flatbuffer, x, emulator)
+    x_int8, expected = interpreter_lstm(flatbuffer, x, emulator)
 
     class ExactTanh(IntegerLSTM):
         def tanh_cell(self, c):
