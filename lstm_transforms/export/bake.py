@@ -12,7 +12,8 @@ The baked model has the QAT model's layer graph and layer names:
   for Dense);
 * each quantized recurrent layer becomes one `deployed.DeployedRNN`, built from the plan's
   decision for each of its cells (fused / unrolled);
-* other quantize wrappers become their stock float layers; BatchNorm, Add and the other tfmot
+* other quantize wrappers become their stock float layers (a BatchNorm over the channels of a 4-D
+  tensor: a 1x1 DepthwiseConv2D, one int8 rounding as in QAT); BatchNorm, Add and the other tfmot
   outputs without a kernel keep their QAT range as a fixed `FakeQuant` (not into a Concatenate:
   the converter would push that range onto the other inputs and clip them); `QuantizeLayer`s
   become identities.
@@ -73,7 +74,7 @@ def bake(model, model_plan, *, qat_ranges=True):
     """
     check_model(model, "qat_model")
     raise_if_blocked(model_plan)
-    pairs, constants, input_ranges, lstm_ranges, op_ranges, grids, named_ranges = [], [], {}, [], [], [], {}
+    pairs, input_ranges, lstm_ranges, op_ranges, grids, named_ranges = [], {}, [], [], [], {}
     input_layers = {id(t._keras_history.layer): k for k, t in enumerate(model.inputs)}
 
     def clone(layer):
@@ -98,13 +99,8 @@ def bake(model, model_plan, *, qat_ranges=True):
                 named_ranges.update({f"{cell.tag}_{point}": r for point, r in cell.ranges.items()})
                 named_ranges[f"{cell.tag}_zero"] = cell.output_range  # the explicit zero state of a GRU / SimpleRNN
             return DeployedRNN(spec, name=_graph.inner(layer).name)
-        folded = _batch_norm_as_depthwise(layer)
-        if folded is not None:
-            new, values = folded
-            constants.append((new, values))
-        else:
-            new = float_layer(layer)
-            pairs.append((layer, new))
+        new = float_layer(layer)
+        pairs.append((layer, new))
         ranges = op_range(layer) if qat_ranges else []
         op_ranges.extend(ranges)
         fq = output_fake_quant(model, layer) if qat_ranges and not ranges else None
@@ -119,33 +115,8 @@ def bake(model, model_plan, *, qat_ranges=True):
     for source, new in pairs:
         if new.weights:
             new.set_weights(baked_weights(source, new))
-    for new, values in constants:
-        new.set_weights(values)
     return Baked(float_model, input_ranges, lstm_ranges, op_ranges=op_ranges, named_ranges=named_ranges,
                  weight_grids=grids)
-
-
-def _batch_norm_as_depthwise(layer):
-    """A standalone inference BatchNormalization over the channels of a 4-D tensor as a 1x1
-    `DepthwiseConv2D` and its weights, or None.
-
-    TFLite would run it as MUL then ADD, two int8 roundings where QAT has one (its output); the
-    depthwise convolution computes x * a + b with one. Its per-channel int8 weight is each channel's
-    own max |a|, so a is stored exactly (code +-127), b as an int32 bias.
-    """
-    inner = _graph.inner(layer)
-    if type(inner) is not keras.layers.BatchNormalization or len(layer.input_shape) != 4:
-        return None
-    axes = [a % 4 for a in (inner.axis if isinstance(inner.axis, (list, tuple)) else [inner.axis])]
-    if axes != [3]:
-        return None
-    mean, variance = inner.moving_mean.numpy(), inner.moving_variance.numpy()
-    gamma = inner.gamma.numpy() if inner.scale else np.ones_like(mean)
-    beta = inner.beta.numpy() if inner.center else np.zeros_like(mean)
-    a = gamma / np.sqrt(variance + inner.epsilon)
-    b = beta - mean * a
-    conv = keras.layers.DepthwiseConv2D(1, use_bias=True, name=inner.name)
-    return conv, [a.reshape(1, 1, -1, 1).astype(np.float32), b.astype(np.float32)]
 
 
 def _all_cells(layer):
