@@ -5,12 +5,16 @@
     python benchmarks/bench_qat_speed.py --jit                # compile(jit_compile=True) for both
     python benchmarks/bench_qat_speed.py --jit qat            # XLA for the QAT models only
     python benchmarks/bench_qat_speed.py --mirrored           # MirroredStrategy, two logical CPUs
+    python benchmarks/bench_qat_speed.py --jit qat --masked   # Masking(0.0) first, padded sequences
 
 Model: Input(T, 32) -> RNN(units) -> Dense(10), batch 64, Adam. For each layer kind the float, the
 full-QAT and the weights-only QAT model train on the same batch, one step each in turn, so that a
 load change on the machine hits all three alike; each run reports the median step time of each
 model and the ratios to float, by wall clock and by CPU time of the process. The runs are
 repeated (`--runs`) and the worst ratio per kind is printed last (target: full QAT <= 1.3x float).
+
+`--masked` puts a `Masking(0.0)` layer before the RNN and zero-pads each sequence after a random
+length between T/2 and T.
 
 `--mirrored` re-runs this script in a child process that splits the CPU into two logical devices
 before TensorFlow starts, and builds, quantizes and compiles every model inside
@@ -44,6 +48,7 @@ def _arguments(argv=None):
     parser.add_argument("--jit", nargs="?", const="all", choices=("all", "qat"), default=None,
                         help="compile with jit_compile=True (XLA): every model (all) or the QAT models only (qat)")
     parser.add_argument("--mirrored", action="store_true", help="MirroredStrategy over two logical CPUs")
+    parser.add_argument("--masked", action="store_true", help="Masking(0.0) before the RNN, zero-padded inputs")
     parser.add_argument("--no-weights-only", action="store_true", help="skip the weights-only QAT model")
     return parser.parse_args(argv)
 
@@ -82,7 +87,8 @@ def _models(kind, timesteps, units, args, strategy):
 
     with strategy.scope():
         inputs = keras.Input((timesteps, FEATURES))
-        model = keras.Model(inputs, keras.layers.Dense(10)(getattr(keras.layers, kind)(units)(inputs)))
+        sequence = keras.layers.Masking(0.0)(inputs) if args.masked else inputs
+        model = keras.Model(inputs, keras.layers.Dense(10)(getattr(keras.layers, kind)(units)(sequence)))
         models = [model, lt.quantize_model(model)]
         if not args.no_weights_only:
             models.append(lt.quantize_model(model, scheme=lt.RNNQuantizeScheme(weights_only=True)))
@@ -108,10 +114,14 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     xla = {None: "", "all": ", XLA", "qat": ", XLA for the QAT models only"}[args.jit]
     setting = f"{'MirroredStrategy, 2 logical CPUs' if args.mirrored else 'one device'}{xla}"
+    setting += ", Masking(0.0) and zero-padded sequences" if args.masked else ""
     print(f"batch {BATCH}, {FEATURES} features, {setting}; median of {args.steps} interleaved steps per run")
     worst = {}
     for timesteps, units in args.sizes:
         x = rng.standard_normal((BATCH, timesteps, FEATURES)).astype("float32")
+        if args.masked:
+            for row, length in enumerate(rng.integers(timesteps // 2, timesteps + 1, BATCH)):
+                x[row, length:] = 0.0
         y = rng.integers(0, 10, BATCH)
         built = {kind: _models(kind, timesteps, units, args, strategy) for kind in args.kinds}
         for models in built.values():  # trace and warm up every model before any timing

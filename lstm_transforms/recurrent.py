@@ -23,7 +23,6 @@ direction on another replica's weights.
 
 import contextlib
 import threading
-import warnings
 
 from tf_keras.src import backend
 from tf_keras.src.utils import generic_utils
@@ -56,19 +55,6 @@ def deferred_range_updates():
         _pending.updates = outer
     for extremes, training in queued:
         _QuantizedLoopMixin._fold_statistics(extremes, training)
-
-
-def _warn_if_masked_under_xla(layer):
-    """XLA's fake quant maps 0 to about +-1e-8 (TensorFlow's kernel: exactly 0), so a `Masking(0.0)` after a
-    quantized tensor (the model input's QuantizeLayer) stops masking under `jit_compile=True`."""
-    from tensorflow.python.ops import control_flow_util
-
-    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-        warnings.warn(
-            f"Layer '{layer.name}' gets a mask inside an XLA-compiled function (jit_compile=True). XLA's fake "
-            "quantization does not keep 0 exactly, so a Masking(0.0) layer after a quantized tensor stops "
-            "masking padded steps. Compile the QAT model without jit_compile (or mask with Embedding(mask_zero=True) "
-            "or an explicit mask input).", UserWarning, stacklevel=3)
 
 
 def _static(flag):
@@ -114,8 +100,6 @@ class _QuantizedLoopMixin:
             return keras.layers.RNN.call(
                 self, inputs, mask=mask, training=training, initial_state=initial_state, constants=constants
             )
-        if mask is not None:
-            _warn_if_masked_under_xla(self)
         if training is None:
             training = backend.learning_phase()
         collect = _static(training)

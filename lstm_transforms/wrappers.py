@@ -7,7 +7,7 @@ import contextlib
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer as tfmot_quantize_layer
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_wrapper as tfmot_wrapper
 
-from lstm_transforms._keras import tf
+from lstm_transforms._keras import keras, tf
 from lstm_transforms.recurrent import deferred_range_updates
 
 __all__ = [
@@ -101,7 +101,10 @@ class MaskingQuantizeWrapper(QuantizeWrapperV2):
     * builds the wrapped layer before collecting its weights (see `QuantizeWrapperV2`);
     * applies the recurrent range updates after the wrapped layer's call, not between its
       directions (see `lstm_transforms.recurrent.deferred_range_updates`: MirroredStrategy);
-    * reports a user QuantizeConfig that fails on the layer as a `QuantizeConfigError`.
+    * reports a user QuantizeConfig that fails on the layer as a `QuantizeConfigError`;
+    * around a `Masking` layer, first sets every value within float round-off of its
+      ``mask_value`` to ``mask_value`` (`snap_to_mask_value`): under XLA (``jit_compile=True``) the
+      fake quant before it maps 0 to about 1e-8, where TensorFlow's kernel gives exactly 0.
     """
 
     def __init__(self, layer, quantize_config, name_prefix="quant_", **kwargs):
@@ -113,11 +116,34 @@ class MaskingQuantizeWrapper(QuantizeWrapperV2):
             super().build(input_shape)
 
     def call(self, inputs, training=None, **kwargs):
+        inputs = self._masking_input(inputs)
         with deferred_range_updates(), _user_config_errors(self):
             return super().call(inputs, training=training, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
-        return self.layer.compute_mask(inputs, mask)
+        return self.layer.compute_mask(self._masking_input(inputs), mask)
+
+    def _masking_input(self, inputs):
+        if isinstance(self.layer, keras.layers.Masking):
+            return snap_to_mask_value(inputs, self.layer.mask_value)
+        return inputs
+
+
+def snap_to_mask_value(x, mask_value):
+    """`x` with every value within 2^-20 of the largest |x| (about 1e-6 of it) from `mask_value` set to
+    `mask_value`.
+
+    A fake-quantized tensor's values are one quantization step (its range / 255) apart, so this
+    moves only `mask_value`'s own grid point computed with round-off (XLA's fake quant: 0 -> 1e-8).
+    """
+
+    @tf.custom_gradient
+    def snap(x):
+        tolerance = tf.reduce_max(tf.abs(x)) * 2.0**-20
+        snapped = tf.where(tf.abs(x - mask_value) <= tolerance, tf.cast(mask_value, x.dtype), x)
+        return snapped, lambda dy: dy  # straight through
+
+    return snap(tf.convert_to_tensor(x))
 
 
 class QuantizeLayer(tfmot_quantize_layer.QuantizeLayer):
