@@ -25,6 +25,9 @@ __all__ = ["main", "run"]
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
+# --target -> export mode for phone / server CPUs (float activations, int8 QAT weights).
+CPU_TARGETS = {"cpu": "dynamic", "cpu-weight-only": "weight_only"}
+
 
 def _load_model(path, unsafe_lambda=False):
     if not os.path.exists(path):
@@ -166,10 +169,11 @@ def _cmd_export(args):
     if not any(is_quantize_wrapper(layer) for layer in model.layers):
         print(f"note: {args.model} has no quantize wrappers (not a QAT model); exporting it with post-training "
               "quantization.", file=sys.stderr)
-    if args.target == "cpu":
+    if args.target in CPU_TARGETS:
+        mode = CPU_TARGETS[args.target]
         if args.int8_io:
-            raise CLIError("--target cpu keeps float input/output (mode='dynamic'); drop --int8-io.")
-        data, flatbuffer = None, _export(model, None, mode="dynamic")
+            raise CLIError(f"--target {args.target} keeps float input/output (mode='{mode}'); drop --int8-io.")
+        data, flatbuffer = None, _export(model, None, mode=mode)
     else:
         data = _calibration_data(args.calibration)
         if args.target != "tflite" and not args.int8_io:
@@ -197,7 +201,7 @@ def _calibration_data(paths):
     """The calibration arrays of `--calibration` (one array, or a list for several inputs)."""
     if not paths:
         raise CLIError("--calibration DATA.npy is needed to export a fully-integer model (only --target cpu "
-                       "exports without it).")
+                       "and cpu-weight-only export without it).")
     for p in paths:
         if not os.path.exists(p):
             raise CLIError(f"no such calibration file: {p}")

@@ -1,7 +1,7 @@
 """`lstm-transforms`: inspect what will be quantized, and export to fully-integer TFLite.
 
     lstm-transforms inspect MODEL [--json]                # .h5 / .keras / SavedModel dir, or a .tflite
-    lstm-transforms export MODEL --calibration DATA.npy -o OUT.tflite [--int8-io] [--target micro|ethos-u|cpu]
+    lstm-transforms export MODEL --calibration DATA.npy -o OUT.tflite [--int8-io] [--target micro|ethos-u|cpu|cpu-weight-only]
     lstm-transforms compare MODEL FILE.tflite --data X.npy [--plot OUT.png]
 
 `inspect` on a Keras model prints its `lstm_transforms.plan`: per layer, whether and how it is
@@ -60,16 +60,17 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="a tf-keras QAT model (.h5, .keras, SavedModel directory)")
     export.add_argument("--calibration", nargs="+", metavar="DATA.npy",
                         help="representative inputs, samples on axis 0 (one .npy per model input); "
-                             "needed by every target but cpu")
+                             "needed by every target but cpu and cpu-weight-only")
     export.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
     export.add_argument("--int8-io", action="store_true", help="int8 model input/output instead of float")
     export.add_argument("--max-samples", type=int, default=None, help="use at most this many calibration samples")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    export.add_argument("--target", choices=["tflite", "micro", "ethos-u", "cpu"], default="tflite",
+    export.add_argument("--target", choices=["tflite", "micro", "ethos-u", "cpu", "cpu-weight-only"], default="tflite",
                         help="tflite: fully integer; micro: int8 I/O, names stripped, checked in TFLite Micro "
                              "(arena printed); ethos-u: that, and compiled with Vela for an Ethos-U55-128 "
                              "(OUT_vela.tflite); cpu: mode='dynamic' for phone / server CPUs (int8 QAT "
-                             "weights, float activations, no calibration data)")
+                             "weights, float activations, hybrid kernels, no calibration data); "
+                             "cpu-weight-only: mode='weight_only' (the same int8 weights, float kernels)")
     _add_unsafe_lambda(export)
     compare = sub.add_parser("compare", help="per layer error of a .tflite against its QAT model, in output LSBs")
     compare.add_argument("model", help="the tf-keras QAT model the flatbuffer was exported from")

@@ -97,6 +97,17 @@ def test_export_target_cpu_keeps_float_activations_and_int8_weights(files):
     assert any(dtype == np.int8 for dtype in dtypes.values()), dtypes  # the weights
 
 
+def test_export_target_cpu_weight_only_reads_int8_weights_through_dequantize(files):
+    out = str(files["dir"] / "cpu_weight_only.tflite")
+    assert main(["export", files["qat"], "-o", out, "--target", "cpu-weight-only"]) == 0
+    with open(out, "rb") as f:
+        fb = f.read()
+    ops = tflite_utils.op_names(fb)
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and "QUANTIZE" not in ops
+    dequantize = ops.count("DEQUANTIZE")  # of the int8 weights, first; at least the eight LSTM gate matrices
+    assert dequantize >= 8 and ops[:dequantize] == ["DEQUANTIZE"] * dequantize
+
+
 @pytest.mark.parametrize("argv, message", [
     (["inspect", "/nonexistent/model.h5"], "no such file"),
     (["export", "{qat}", "-o", "{dir}/x.tflite", "-q"], "--calibration DATA.npy is needed"),

@@ -1,17 +1,22 @@
-"""export_tflite(mode="dynamic"): int8 weights on the QAT grid, float activations (real converter, real interpreter).
+"""export_tflite(mode="dynamic" / "weight_only"): int8 weights on the QAT grid, float activations
+(real converter, real interpreter).
 
 The int8 codes times their scale are the QAT (fake-quantized) weights, gate by gate for the fused
 LSTM, per tensor for Dense, on low-bit grids too; the fused LSTM op is kept; GRU exports unrolled
-with int8 FULLY_CONNECTED weights; the outputs stay near the QAT model's.
+with int8 FULLY_CONNECTED weights; the outputs stay near the QAT model's. mode="weight_only" reads
+the same int8 weights through DEQUANTIZE ops and computes exactly what the float model with the QAT
+weights computes.
 """
 
 import numpy as np
 import pytest
+from tensorflow.lite.python import schema_py_generated as schema
 
 import lstm_transforms as lt
-from lstm_transforms import tflite_utils
+from lstm_transforms import flatbuffer_size, tflite_utils
 from lstm_transforms._keras import keras, tf
 from lstm_transforms.export import ExportError, _flatbuffer, baked_float_model, convert, deployment_plan, export_tflite
+from lstm_transforms.export._hybrid import HYBRID_WEIGHTS
 from lstm_transforms.export.convert import _input_specs, _save
 from lstm_transforms.export.verify import float_weights, verify_weights_only
 from tests.export_helpers import qat_weight
@@ -197,6 +202,59 @@ def test_stock_dynamic_range_leaves_small_lstm_weights_float():
     assert float_weights(fb)
 
 
+def _int8_constants(flatbuffer):
+    """Sorted (codes, scale) of every int8 constant of `flatbuffer`."""
+    model = _flatbuffer.read(flatbuffer)
+    found = []
+    for tensor in model.subgraphs[0].tensors:
+        codes = _flatbuffer._constant(model, tensor, np.int8)
+        if codes is not None:
+            found.append((codes.tobytes(), tuple(tensor.quantization.scale)))
+    return sorted(found)
+
+
+@pytest.fixture(scope="module")
+def weight_only_case(lstm_case):
+    qat, x, dynamic = lstm_case
+    return qat, x, dynamic, export_tflite(qat, mode="weight_only")
+
+
+def test_weight_only_reads_the_dynamic_int8_weights_through_dequantize(weight_only_case):
+    _, _, dynamic, fb = weight_only_case
+    model = _flatbuffer.read(fb)
+    graph = model.subgraphs[0]
+    ops = [(_flatbuffer.op_name(model, op), op) for op in graph.operators]
+    dequantized = {int(op.outputs[0]): int(op.inputs[0]) for name, op in ops if name == "DEQUANTIZE"}
+    weights = [int(op.inputs[p]) for name, op in ops for p in HYBRID_WEIGHTS.get(name, ()) if op.inputs[p] >= 0]
+    assert len(weights) == 8 + 2 and set(weights) == set(dequantized)  # LSTM gate matrices, two Dense kernels
+    assert {graph.tensors[i].type for i in dequantized.values()} == {schema.TensorType.INT8}
+    assert _int8_constants(fb) == _int8_constants(dynamic)  # the QAT codes and scales of mode="dynamic"
+    names = [name for name, _ in ops]
+    assert names.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1 and not {"WHILE", "QUANTIZE"} & set(names)
+    assert not any(getattr(op.builtinOptions, "asymmetricQuantizeInputs", False) for _, op in ops)
+    assert float_weights(fb) == []
+    extra = len(flatbuffer_size.strip_strings(fb)) - len(flatbuffer_size.strip_strings(dynamic))
+    print(f"weight_only - dynamic, stripped: {extra} bytes for {len(dequantized)} DEQUANTIZE ops")
+    assert 0 < extra <= 64 * len(dequantized)  # an operator and a float tensor (shape shared) per weight
+
+
+def test_weight_only_computes_what_the_float_model_with_the_qat_weights_computes(weight_only_case):
+    qat, x, _, fb = weight_only_case
+    float_fb = convert(baked_float_model(qat, qat_ranges=False))
+    np.testing.assert_array_equal(tflite_utils.predict(fb, x), tflite_utils.predict(float_fb, x))
+
+
+def test_weight_only_gru_runs_its_unrolled_steps_on_float_kernels():
+    keras.utils.set_random_seed(5)
+    x, y = _data()
+    i = keras.Input((T, F))
+    qat = _qat(keras.Model(i, L.Dense(CLASSES, activation="softmax")(L.GRU(16, name="gru")(i))), x, y)
+    fb = export_tflite(qat, mode="weight_only")
+    assert tflite_utils.op_names(fb).count("DEQUANTIZE") == 3 + 3 + 1  # per gate block: input, recurrent; Dense
+    float_fb = convert(baked_float_model(qat, qat_ranges=False))
+    np.testing.assert_array_equal(tflite_utils.predict(fb, x), tflite_utils.predict(float_fb, x))
+
+
 def test_verify_rejects_float_weights():
     model = _lstm_model()
     fb = convert(baked_float_model(model))  # a plain float conversion
@@ -206,9 +264,10 @@ def test_verify_rejects_float_weights():
 
 def test_mode_is_validated():
     model = _lstm_model()
-    with pytest.raises(ValueError, match=r"mode must be one of \('full', 'dynamic'\), got 'hybrid'"):
+    with pytest.raises(ValueError, match=r"mode must be one of \('full', 'dynamic', 'weight_only'\), got 'hybrid'"):
         export_tflite(model, mode="hybrid")
-    with pytest.raises(ValueError, match="neither int8_io=True"):
-        export_tflite(model, mode="dynamic", int8_io=True)
+    for mode in ("dynamic", "weight_only"):
+        with pytest.raises(ValueError, match=f'mode="{mode}" keeps float activations.*neither int8_io=True'):
+            export_tflite(model, mode=mode, int8_io=True)
     with pytest.raises(ValueError, match="needs a representative_dataset"):
         export_tflite(model)  # mode="full" still calibrates

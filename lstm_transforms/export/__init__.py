@@ -36,6 +36,11 @@ float conversion, then the weights of every FULLY_CONNECTED and fused LSTM op st
 max-abs scale per tensor (per LSTM gate matrix, per Dense kernel): the QAT weights exactly
 (`_hybrid.py`). Activations stay float; TFLite's hybrid kernels quantize their inputs on the fly.
 Verify: those weights int8, the plan's fused LSTMs present, no WHILE.
+
+**mode="weight_only"** (CPUs where the float kernels are the fast ones): the dynamic file with each
+int8 weight read through a DEQUANTIZE op, which TFLite runs once when the interpreter prepares; every
+op then runs its float kernel. As small as the dynamic file; it computes exactly what the float model
+with the QAT weights computes; the float weights are held in memory. Verified like mode="dynamic".
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from lstm_transforms.export.verify import verify, verify_weights_only
 
 __all__ = ["export_tflite", "MODES", "plan", "convert", "baked_float_model", "ExportError", "ExportWarning", "FakeQuant"]
 
-MODES = ("full", "dynamic")
+MODES = ("full", "dynamic", "weight_only")
 
 
 def export_tflite(qat_model, representative_dataset=None, *, mode="full", int8_io=False, activations="int8",
@@ -64,6 +69,9 @@ def export_tflite(qat_model, representative_dataset=None, *, mode="full", int8_i
     QAT weights exactly, one scale per LSTM gate matrix and per Dense kernel), float activations,
     fused LSTM kept: TFLite's hybrid kernels, for phone and server CPUs; it needs no
     `representative_dataset` (ignored if given) and takes neither `int8_io` nor `activations`.
+    `mode="weight_only"`: the same int8 weights, dequantized once when the interpreter prepares, and
+    float kernels (float speed and float results from a file as small as the dynamic one); same
+    arguments as mode="dynamic".
 
     `representative_dataset`: a numpy array (samples on axis 0), a list of arrays (one per model
     input), or a generator function in TFLite's convention; it calibrates the ranges QAT did not
@@ -80,8 +88,8 @@ def export_tflite(qat_model, representative_dataset=None, *, mode="full", int8_i
     check_model(qat_model, "qat_model")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "dynamic":
-        return _export_dynamic(qat_model, int8_io=int8_io, activations=activations, timeout=timeout)
+    if mode in ("dynamic", "weight_only"):
+        return _export_weights_only(qat_model, mode, int8_io=int8_io, activations=activations, timeout=timeout)
     if representative_dataset is None:
         raise ValueError("export_tflite needs a representative_dataset to calibrate activation ranges.")
     model_plan = deployment_plan(qat_model, activations=activations)  # 1. plan
@@ -110,16 +118,18 @@ def export_tflite(qat_model, representative_dataset=None, *, mode="full", int8_i
     return flatbuffer
 
 
-def _export_dynamic(qat_model, *, int8_io, activations, timeout):
-    """mode="dynamic": plan, bake (QAT weights, no activation ranges), float convert + int8 weights, verify."""
+def _export_weights_only(qat_model, mode, *, int8_io, activations, timeout):
+    """mode="dynamic" / "weight_only": plan, bake (QAT weights, no activation ranges), float convert +
+    int8 weights (read by hybrid kernels, or through DEQUANTIZE by float ones), verify."""
     if int8_io or activations != "int8":
-        raise ValueError('mode="dynamic" keeps float activations and float input/output: '
+        raise ValueError(f'mode="{mode}" keeps float activations and float input/output: '
                          'it takes neither int8_io=True nor activations="int16" (use mode="full").')
     model_plan = deployment_plan(qat_model)  # 1. plan
     raise_if_blocked(model_plan)
     baked = bake(qat_model, model_plan, qat_ranges=False)  # 2. bake
     report = {}
-    flatbuffer = convert(baked.model, weights_only=True, timeout=timeout,  # 3. convert
+    weights_only = "hybrid" if mode == "dynamic" else "dequantized"
+    flatbuffer = convert(baked.model, weights_only=weights_only, timeout=timeout,  # 3. convert
                          weight_grids=baked.weight_grids, report=report)
     if report.get("off_grid"):
         warnings.warn(f"'{qat_model.name}': weights {report['off_grid']} could not be stored on their QAT grid; "

@@ -19,6 +19,13 @@ their codes; coarser grids (low-bit, stale tfmot ranges) are put on their QAT gr
 
 Left in float32 (there is no hybrid kernel for them here, or they are not weights of a matmul):
 biases, CONV_2D / DEPTHWISE_CONV_2D filters, and any constant of another op.
+
+`dequantize_weights` turns such a file into a weight-only one (`mode="weight_only"`): each int8
+weight is read through a DEQUANTIZE op, and every op runs its float kernel. TFLite's DEQUANTIZE of a
+constant runs once, when the interpreter prepares, and keeps its float output
+(`float_dequantized_weights_initialized` in `kernels/dequantize.cc`): the file is as small as the
+hybrid one, runs at float speed, and computes exactly what the float model with the QAT weights
+computes (the weights are on their int8 grid), at the cost of the float weights in memory.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 
 from lstm_transforms.export._flatbuffer import _constant, op_name, read, write
 
-__all__ = ["quantize_weights", "HYBRID_WEIGHTS"]
+__all__ = ["quantize_weights", "dequantize_weights", "HYBRID_WEIGHTS"]
 
 # op name -> input positions of the weights stored int8 (TFLite lstm_shared.h for the LSTM).
 HYBRID_WEIGHTS = {"FULLY_CONNECTED": (1,), "UNIDIRECTIONAL_SEQUENCE_LSTM": tuple(range(1, 9))}
@@ -75,3 +82,51 @@ def quantize_weights(flatbuffer):
             tensor.quantization.quantizedDimension = 0
             names.append(bytes(tensor.name).decode())
     return write(model), names
+
+
+def dequantize_weights(flatbuffer):
+    """Return (flatbuffer, names of the weights read through DEQUANTIZE): `quantize_weights`' output
+    with each int8 weight of a hybrid op replaced by the float output of a DEQUANTIZE of it."""
+    model = read(flatbuffer)
+    code = _operator_code(model, schema.BuiltinOperator.DEQUANTIZE)
+    names = []
+    for graph in model.subgraphs:
+        floats = {}  # int8 weight tensor -> its float (dequantized) tensor
+        for op in graph.operators:
+            positions = HYBRID_WEIGHTS.get(op_name(model, op), ())
+            for p in positions:
+                if p >= len(op.inputs) or op.inputs[p] < 0:
+                    continue
+                index = int(op.inputs[p])
+                if _constant(model, graph.tensors[index], np.int8) is None:
+                    continue
+                if index not in floats:
+                    weight = graph.tensors[index]
+                    dequantized = schema.TensorT()
+                    dequantized.shape, dequantized.type, dequantized.buffer = list(weight.shape), schema.TensorType.FLOAT32, 0
+                    dequantized.name = b""  # the int8 weight it reads carries the name
+                    graph.tensors.append(dequantized)
+                    floats[index] = len(graph.tensors) - 1
+                    names.append(bytes(weight.name or b"").decode())
+                op.inputs[p] = floats[index]
+            options = op.builtinOptions
+            if positions and options is not None and hasattr(options, "asymmetricQuantizeInputs"):
+                options.asymmetricQuantizeInputs = False
+        dequantize_ops = []
+        for weight, dequantized in floats.items():
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = code, [weight], [dequantized]
+            dequantize_ops.append(op)
+        graph.operators = dequantize_ops + list(graph.operators)
+    return write(model), names
+
+
+def _operator_code(model, builtin):
+    """The index of `builtin`'s operator code in `model`, added if missing."""
+    for k, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return k
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1

@@ -13,7 +13,9 @@ from the graph are written into them (`_flatbuffer.set_calibration_ranges`). Aft
 are put back on their QAT grid and biases re-expressed at input_scale * weight_scale.
 
 Weights-only conversion (`export_tflite(..., mode="dynamic")`) converts to float, stores the weights
-of the hybrid ops int8 (`_hybrid.quantize_weights`) and puts coarser grids back on their QAT grid.
+of the hybrid ops int8 (`_hybrid.quantize_weights`) and puts coarser grids back on their QAT grid;
+for `mode="weight_only"` each of those int8 weights is then read through a DEQUANTIZE op
+(`_hybrid.dequantize_weights`), so that every op runs its float kernel.
 """
 
 import json
@@ -93,6 +95,8 @@ def _convert(workdir):
         flatbuffer, report["int8_weights"] = _hybrid.quantize_weights(converter.convert())
         grids = _load_ranges(workdir, options)[3]
         flatbuffer, report["regridded"], report["off_grid"] = _flatbuffer.regrid_weights(flatbuffer, grids)
+        if options["weights_only"] == "dequantized":
+            flatbuffer, report["dequantized_weights"] = _hybrid.dequantize_weights(flatbuffer)
     else:
         flatbuffer = converter.convert()
     flatbuffer = _flatbuffer.shorten_output_names(flatbuffer)

@@ -34,9 +34,11 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
 
     With `representative_dataset`: post-training full-integer quantization (int8 weights, int32
     biases, int8 activations, int16 inside the integer LSTM; `activations="int16"`: 16x8); float
-    input/output unless `int8_io=True`. Without it: a float model, or with `weights_only=True` float
-    activations and int8 weights for TFLite's hybrid kernels (`_hybrid.quantize_weights`; the
-    `weight_grids` apply). Inputs are fixed to batch 1.
+    input/output unless `int8_io=True`. Without it: a float model, or with `weights_only="hybrid"`
+    (or True) float activations and int8 weights for TFLite's hybrid kernels
+    (`_hybrid.quantize_weights`; the `weight_grids` apply), with `weights_only="dequantized"` the same
+    int8 weights each read through a DEQUANTIZE op by float kernels (`_hybrid.dequantize_weights`).
+    Inputs are fixed to batch 1.
     `input_ranges` ({input index: (lo, hi)}), `lstm_ranges` (`bake.LSTMRanges`), `op_ranges`
     (`bake.OpRange`) and `named_ranges` ({op name tag: (lo, hi)}) replace the calibrated statistics
     of those tensors; `weight_grids`
@@ -51,14 +53,17 @@ def convert(model, representative_dataset=None, *, int8_io=False, max_samples=No
         arrays = data_mod.arrays(representative_dataset, model, max_samples)
     elif int8_io:
         raise ValueError("int8_io=True needs a representative_dataset (full-int8 conversion).")
+    weights_only = "hybrid" if weights_only is True else weights_only
+    if weights_only not in (False, None, "hybrid", "dequantized"):
+        raise ValueError(f'weights_only must be False, True, "hybrid" or "dequantized", got {weights_only!r}')
     if weights_only and arrays is not None:
-        raise ValueError("weights_only=True quantizes weights only: pass no representative_dataset.")
+        raise ValueError("weights_only quantizes weights only: pass no representative_dataset.")
     workdir = tempfile.mkdtemp(prefix="lstm_transforms_export_")
     try:
         specs = _input_specs(model)
         _save(model, specs, os.path.join(workdir, "saved_model"))
         options = {"int8": arrays is not None, "int8_io": bool(int8_io), "activations": activations,
-                   "weights_only": bool(weights_only),
+                   "weights_only": weights_only or False,
                    "weight_grids": [list(g.kmax) for g in weight_grids or []],
                    "input_ranges": {specs[k].name: list(r) for k, r in (input_ranges or {}).items() if r},
                    "lstm_ranges": [_lstm_options(r) for r in lstm_ranges or []],

@@ -8,9 +8,9 @@ for tensors of different ranges, e.g. a TANH output concatenated with wider tens
 allowed; `requantizations` lists them. The child process has already loaded and run the flatbuffer
 once in the TFLite interpreter.
 
-`verify_weights_only` checks a `mode="dynamic"` flatbuffer instead: no `WHILE`, the plan's fused
-LSTM ops, and every weight of a FULLY_CONNECTED / UNIDIRECTIONAL_SEQUENCE_LSTM op int8
-(`float_weights` lists those that are not).
+`verify_weights_only` checks a `mode="dynamic"` or `"weight_only"` flatbuffer instead: no `WHILE`,
+the plan's fused LSTM ops, and no weight of a FULLY_CONNECTED / UNIDIRECTIONAL_SEQUENCE_LSTM op a
+float constant (`float_weights` lists those that are; a DEQUANTIZE output is not a constant).
 """
 
 from __future__ import annotations
