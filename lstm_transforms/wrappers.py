@@ -143,7 +143,8 @@ def snap_to_mask_value(x, mask_value):
         snapped = tf.where(tf.abs(x - mask_value) <= tolerance, tf.cast(mask_value, x.dtype), x)
         return snapped, lambda dy: dy  # straight through
 
-    return snap(tf.convert_to_tensor(x))
+    x = tf.convert_to_tensor(x)
+    return snap(x) if x.dtype.is_floating else x  # integer inputs hold the mask value exactly
 
 
 class QuantizeLayer(tfmot_quantize_layer.QuantizeLayer):

@@ -82,11 +82,16 @@ def test_export_writes_a_fused_integer_model_and_inspect_reads_it(files, capsys)
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in capsys.readouterr().out
 
 
-def test_export_target_cpu_keeps_float_activations_and_int8_weights(files):
-    out = str(files["dir"] / "cpu.tflite")
-    assert main(["export", files["qat"], "-o", out, "--target", "cpu"]) == 0
+def _export_for_cpu(files, target):
+    """The flatbuffer `lstm-transforms export --target <target>` writes for the QAT file."""
+    out = str(files["dir"] / f"{target}.tflite")
+    assert main(["export", files["qat"], "-o", out, "--target", target]) == 0
     with open(out, "rb") as f:
-        fb = f.read()
+        return f.read()
+
+
+def test_export_target_cpu_keeps_float_activations_and_int8_weights(files):
+    fb = _export_for_cpu(files, "cpu")
     ops = tflite_utils.op_names(fb)
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
     import tensorflow as tf
@@ -98,11 +103,7 @@ def test_export_target_cpu_keeps_float_activations_and_int8_weights(files):
 
 
 def test_export_target_cpu_weight_only_reads_int8_weights_through_dequantize(files):
-    out = str(files["dir"] / "cpu_weight_only.tflite")
-    assert main(["export", files["qat"], "-o", out, "--target", "cpu-weight-only"]) == 0
-    with open(out, "rb") as f:
-        fb = f.read()
-    ops = tflite_utils.op_names(fb)
+    ops = tflite_utils.op_names(_export_for_cpu(files, "cpu-weight-only"))
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and "QUANTIZE" not in ops
     dequantize = ops.count("DEQUANTIZE")  # of the int8 weights, first; at least the eight LSTM gate matrices
     assert dequantize >= 8 and ops[:dequantize] == ["DEQUANTIZE"] * dequantize

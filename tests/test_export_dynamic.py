@@ -158,11 +158,16 @@ def test_bidirectional_lstm_keeps_two_fused_ops_with_the_qat_codes():
     assert np.abs(tflite_utils.predict(fb, x) - _weights_only(qat, x)).max() < 0.005
 
 
-def test_gru_exports_unrolled_with_int8_weights_and_runs():
+@pytest.fixture(scope="module")
+def gru_case():
     keras.utils.set_random_seed(5)
     x, y = _data()
     i = keras.Input((T, F))
-    qat = _qat(keras.Model(i, L.Dense(CLASSES, activation="softmax")(L.GRU(16, name="gru")(i))), x, y)
+    return _qat(keras.Model(i, L.Dense(CLASSES, activation="softmax")(L.GRU(16, name="gru")(i))), x, y), x
+
+
+def test_gru_exports_unrolled_with_int8_weights_and_runs(gru_case):
+    qat, x = gru_case
     fb = export_tflite(qat, mode="dynamic")
     ops = tflite_utils.op_names(fb)
     assert "WHILE" not in ops and ops.count("FULLY_CONNECTED") > T
@@ -244,11 +249,8 @@ def test_weight_only_computes_what_the_float_model_with_the_qat_weights_computes
     np.testing.assert_array_equal(tflite_utils.predict(fb, x), tflite_utils.predict(float_fb, x))
 
 
-def test_weight_only_gru_runs_its_unrolled_steps_on_float_kernels():
-    keras.utils.set_random_seed(5)
-    x, y = _data()
-    i = keras.Input((T, F))
-    qat = _qat(keras.Model(i, L.Dense(CLASSES, activation="softmax")(L.GRU(16, name="gru")(i))), x, y)
+def test_weight_only_gru_runs_its_unrolled_steps_on_float_kernels(gru_case):
+    qat, x = gru_case
     fb = export_tflite(qat, mode="weight_only")
     assert tflite_utils.op_names(fb).count("DEQUANTIZE") == 3 + 3 + 1  # per gate block: input, recurrent; Dense
     float_fb = convert(baked_float_model(qat, qat_ranges=False))

@@ -17,3 +17,8 @@ def test_snap_moves_only_round_off_of_the_mask_value_and_passes_the_gradient():
     np.testing.assert_array_equal(tape.gradient(snapped, x).numpy(), np.ones_like(grid))
     shifted = snap_to_mask_value(tf.constant([[-1.0 + 2e-7, -1.0 + scale, 2.0]]), -1.0).numpy()
     np.testing.assert_array_equal(shifted, np.float32([[-1.0, -1.0 + scale, 2.0]]))
+
+
+def test_snap_leaves_integer_inputs_alone():
+    ids = tf.constant([[0, 3, 0]], tf.int32)
+    np.testing.assert_array_equal(snap_to_mask_value(ids, 0).numpy(), ids.numpy())
