@@ -18,11 +18,11 @@ batch-1 latency with one interpreter thread, state reset before each invocation,
 `ai_edge_litert.interpreter.Interpreter`, both with their default delegates. The variants run
 interleaved: each of `--rounds` rounds runs `--per-round` invocations of every (runtime, flatbuffer)
 pair in turn, so load on a shared machine hits them alike. The load averages before and after are
-printed with the table, and dynamic/float and weight-only/float also as the ratio of 10th percentiles (the invocations least
-slowed by other jobs: far from the median's ratio means a noisy run). Targets (issue 11): a CPU
-mode at <= 1.0x float latency (medians) and <= 0.30x float bytes (both files with names stripped, as
-shipped). Exit status 0 when, for every model and runtime, mode="dynamic" or mode="weight_only" meets
-both.
+printed with the table, and dynamic/float and weight-only/float also as the ratio of 10th percentiles
+(the invocations least slowed by other jobs: far from the median's ratio means a noisy run).
+Targets (issue 11): a CPU mode at <= 1.0x float latency (medians) and <= 0.30x float bytes (both
+files with names stripped, as shipped). Exit status 0 when, for every model and runtime,
+mode="dynamic" or mode="weight_only" meets both.
 """
 
 import argparse

@@ -25,6 +25,7 @@ __all__ = ["main", "run"]
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
+
 # --target -> export mode for phone / server CPUs (float activations, int8 QAT weights).
 CPU_TARGETS = {"cpu": "dynamic", "cpu-weight-only": "weight_only"}
 

@@ -102,9 +102,10 @@ def dequantize_weights(flatbuffer):
                     continue
                 if index not in floats:
                     weight = graph.tensors[index]
-                    dequantized = schema.TensorT()
-                    dequantized.shape, dequantized.type, dequantized.buffer = list(weight.shape), schema.TensorType.FLOAT32, 0
-                    dequantized.name = b""  # the int8 weight it reads carries the name
+                    dequantized = schema.TensorT()  # no data (buffer 0); no name: its int8 input has it
+                    dequantized.shape, dequantized.type = list(weight.shape), schema.TensorType.FLOAT32
+                    dequantized.buffer = 0
+                    dequantized.name = b""
                     graph.tensors.append(dequantized)
                     floats[index] = len(graph.tensors) - 1
                     names.append(bytes(weight.name or b"").decode())
