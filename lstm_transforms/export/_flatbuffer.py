@@ -56,9 +56,24 @@ def write(model):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def _builtin(code):
+    """The builtin operator of an OperatorCode (codes >= 127 live only in `builtinCode`)."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
 def op_name(model, op):
-    code = model.operatorCodes[op.opcodeIndex]
-    return _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+    return _OP_NAMES.get(_builtin(model.operatorCodes[op.opcodeIndex]), "CUSTOM")
+
+
+def operator_code(model, builtin):
+    """The index of `builtin`'s operator code in `model`, added (version 1) if missing."""
+    for k, code in enumerate(model.operatorCodes):
+        if _builtin(code) == builtin:
+            return k
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
 
 
 _NUMPY_TYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8,

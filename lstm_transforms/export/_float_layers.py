@@ -91,9 +91,9 @@ def _relative(name, layer_name):
     return name.split("/", 1)[-1]
 
 
-def _folded_batch_norm(source):
-    """A standalone inference BatchNormalization over the channels of a 4-D tensor, as the (factor, offset)
-    of a 1x1 `DepthwiseConv2D` computing x * factor + offset; None for any other layer.
+def _folds_to_depthwise(source):
+    """Whether `source` is a BatchNormalization over the channels of a 4-D tensor, which export runs as a
+    1x1 `DepthwiseConv2D` computing x * factor + offset (`_folded_batch_norm`).
 
     TFLite would run it as MUL then ADD, two int8 roundings where QAT has one (its output); the
     depthwise convolution has one. Its per-channel int8 weight is each channel's own max |factor|, so
@@ -101,21 +101,25 @@ def _folded_batch_norm(source):
     """
     inner = _graph.inner(source)
     if type(inner) is not keras.layers.BatchNormalization or len(source.input_shape) != 4:
-        return None
-    if [a % 4 for a in (inner.axis if isinstance(inner.axis, (list, tuple)) else [inner.axis])] != [3]:
-        return None
+        return False
+    return [a % 4 for a in (inner.axis if isinstance(inner.axis, (list, tuple)) else [inner.axis])] == [3]
+
+
+def _folded_batch_norm(source):
+    """[depthwise kernel, bias] of the 1x1 `DepthwiseConv2D` that computes `source`'s inference
+    BatchNormalization (`_folds_to_depthwise`)."""
+    inner = _graph.inner(source)
     mean, variance = inner.moving_mean.numpy(), inner.moving_variance.numpy()
     gamma = inner.gamma.numpy() if inner.scale else np.ones_like(mean)
     beta = inner.beta.numpy() if inner.center else np.zeros_like(mean)
     factor = gamma / np.sqrt(variance + inner.epsilon)
-    return factor.reshape(1, 1, -1, 1).astype(np.float32), (beta - mean * factor).astype(np.float32)
+    return [factor.reshape(1, 1, -1, 1).astype(np.float32), (beta - mean * factor).astype(np.float32)]
 
 
 def baked_weights(source, new_layer):
     """Weights for `new_layer` (float) from `source` (QAT wrapper or plain layer), matched by name."""
-    folded = _folded_batch_norm(source)
-    if folded is not None:
-        return list(folded)
+    if _folds_to_depthwise(source):
+        return _folded_batch_norm(source)
     inner = _graph.inner(source)
     qvalues = {var.ref(): value for var, value in qat_weight_values(source)} if source is not inner else {}
     candidates = {}
@@ -150,9 +154,9 @@ def _set_unroll(config, time_dim):
 
 def float_layer(layer):
     """A fresh stock float layer equivalent to `layer` (a QAT wrapper or a plain layer); a BatchNormalization
-    that `_folded_batch_norm` folds: a 1x1 `DepthwiseConv2D`."""
+    that `_folds_to_depthwise`: a 1x1 `DepthwiseConv2D`."""
     inner = _graph.inner(layer)
-    if _folded_batch_norm(layer) is not None:
+    if _folds_to_depthwise(layer):
         return keras.layers.DepthwiseConv2D(1, use_bias=True, name=inner.name)
     config = {"class_name": type(inner).__name__, "config": inner.get_config()}
     if getattr(inner, "activation", None) is not None and "activation" in config["config"]:

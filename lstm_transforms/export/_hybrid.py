@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
-from lstm_transforms.export._flatbuffer import _constant, op_name, read, write
+from lstm_transforms.export._flatbuffer import _constant, op_name, operator_code, read, write
 
 __all__ = ["quantize_weights", "dequantize_weights", "HYBRID_WEIGHTS"]
 
@@ -88,7 +88,7 @@ def dequantize_weights(flatbuffer):
     """Return (flatbuffer, names of the weights read through DEQUANTIZE): `quantize_weights`' output
     with each int8 weight of a hybrid op replaced by the float output of a DEQUANTIZE of it."""
     model = read(flatbuffer)
-    code = _operator_code(model, schema.BuiltinOperator.DEQUANTIZE)
+    code = operator_code(model, schema.BuiltinOperator.DEQUANTIZE)
     names = []
     for graph in model.subgraphs:
         floats = {}  # int8 weight tensor -> its float (dequantized) tensor
@@ -121,13 +121,3 @@ def dequantize_weights(flatbuffer):
         graph.operators = dequantize_ops + list(graph.operators)
     return write(model), names
 
-
-def _operator_code(model, builtin):
-    """The index of `builtin`'s operator code in `model`, added if missing."""
-    for k, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
-            return k
-    code = schema.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
