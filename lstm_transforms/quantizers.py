@@ -2,8 +2,15 @@
 
 Every function here is a fake-quant op with a straight-through gradient for the tensor and no
 gradient for its range, so it trains like tfmot's own quantizers.
+
+Under XLA (`jit_compile=True`) the activation fake quants keep TensorFlow's forward op but take
+their gradient from a mask computed in the forward pass (`_masked_straight_through`): a recurrent
+loop then saves one boolean per element for the backward pass instead of the op's float input, and
+the GRU's QAT step, 16 fake quants per time step, runs about 10% faster. Without XLA,
+TensorFlow's own gradient op is the faster one (one kernel instead of three).
 """
 
+from tensorflow.python.ops import control_flow_util
 from tensorflow_model_optimization.python.core.quantization.keras import quantizers as tfmot_quantizers
 
 from lstm_transforms._keras import tf
@@ -35,6 +42,33 @@ def _nudged_range(range_min, range_max, quant_min, quant_max):
     inv_scale = (qmax - qmin) / (range_max - range_min)
     zero_point = _round_half_away_from_zero(tf.clip_by_value(qmin - range_min / scale, qmin, qmax))
     return (qmin - zero_point) * scale, (qmax - zero_point) * scale, scale, inv_scale
+
+
+def _under_xla():
+    """Whether the graph being built is compiled by XLA (a `jit_compile=True` function, or inside one)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _masked_straight_through(quantize, x, pass_lo, pass_top):
+    """`quantize(x)` with the gradient dy where pass_lo <= x <= pass_top, else 0 (the straight-through
+    gradient of TensorFlow's fake-quant ops), its mask computed in the forward pass."""
+
+    @tf.custom_gradient
+    def fake_quant(v):
+        inside = (v >= pass_lo) & (v <= pass_top)
+
+        def grad(dy):
+            return tf.where(inside, dy, tf.zeros_like(dy))
+
+        return quantize(v), grad
+
+    return fake_quant(x)
+
+
+def _fake_quant_args(x, lo, top, num_bits):
+    """`fake_quant_with_min_max_args` over [lo, top] (a range already on its grid: 0 a grid point)."""
+    quantize = lambda v: tf.quantization.fake_quant_with_min_max_args(v, min=lo, max=top, num_bits=num_bits)  # noqa: E731
+    return _masked_straight_through(quantize, x, lo, top) if _under_xla() else quantize(x)
 
 
 def fake_quant_per_gate(kernel, num_gates, num_bits):
@@ -102,8 +136,7 @@ class PerGateWeightQuantizer(tfmot_quantizers.Quantizer):
 
 def fake_quant_fixed_unit(x, num_bits):
     """Fixed range [-1, 1) with scale 2^-(b-1): the int16 gate outputs of TFLite's integer LSTM."""
-    top = 1.0 - 2.0 ** (1 - num_bits)
-    return tf.quantization.fake_quant_with_min_max_args(x, min=-1.0, max=top, num_bits=num_bits)
+    return _fake_quant_args(x, -1.0, 1.0 - 2.0 ** (1 - num_bits), num_bits)
 
 
 def fake_quant_tanh(x, num_bits=8):
@@ -113,7 +146,7 @@ def fake_quant_tanh(x, num_bits=8):
 
 def fake_quant_logistic(x, num_bits=8):
     """TFLite's integer LOGISTIC output: fixed range [0, 1), scale 2^-b, lowest code at 0 (int8: 1/256, -128)."""
-    return tf.quantization.fake_quant_with_min_max_args(x, min=0.0, max=1.0 - 2.0**-num_bits, num_bits=num_bits)
+    return _fake_quant_args(x, 0.0, 1.0 - 2.0**-num_bits, num_bits)
 
 
 def asymmetric_bounds(range_min, range_max):
@@ -129,7 +162,11 @@ def fake_quant_asymmetric(x, range_min, range_max, num_bits, bounds=None):
     `bounds`: `asymmetric_bounds(range_min, range_max)` computed once outside a loop (optional).
     """
     lo, hi = bounds if bounds is not None else asymmetric_bounds(range_min, range_max)
-    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits)
+    quantize = lambda v: tf.quantization.fake_quant_with_min_max_vars(v, lo, hi, num_bits=num_bits)  # noqa: E731
+    if not _under_xla():
+        return quantize(x)
+    pass_lo, pass_top, _, _ = _nudged_range(lo, hi, 0, 2**num_bits - 1)
+    return _masked_straight_through(quantize, x, pass_lo, pass_top)
 
 
 def power_of_two_bound(max_abs):
@@ -160,14 +197,18 @@ def fake_quant_power_of_two(x, max_abs, num_bits, bounds=None, clip=0.0):
     """
     lo, top, pass_lo, pass_top = bounds if bounds is not None else power_of_two_bounds(max_abs, num_bits, clip)
 
+    def quantize(v):
+        clipped = tf.clip_by_value(v, -clip, clip) if clip else v
+        return tf.quantization.fake_quant_with_min_max_vars(clipped, lo, top, num_bits=num_bits)
+
+    if _under_xla():
+        return _masked_straight_through(quantize, x, pass_lo, pass_top)
+
     @tf.custom_gradient
     def fake_quant(v):
-        clipped = tf.clip_by_value(v, -clip, clip) if clip else v
-        quantized = tf.quantization.fake_quant_with_min_max_vars(clipped, lo, top, num_bits=num_bits)
-
         def grad(dy):
             return dy * tf.cast((v >= pass_lo) & (v <= pass_top), dy.dtype)
 
-        return quantized, grad
+        return quantize(v), grad
 
     return fake_quant(x)

@@ -3,12 +3,17 @@
 import numpy as np
 import pytest
 
+from lstm_transforms import quantizers
 from lstm_transforms._keras import tf
 from lstm_transforms.quantizers import (
     PerGateWeightQuantizer,
+    asymmetric_bounds,
+    fake_quant_asymmetric,
     fake_quant_fixed_unit,
+    fake_quant_logistic,
     fake_quant_per_gate,
     fake_quant_power_of_two,
+    fake_quant_tanh,
     power_of_two_bound,
 )
 
@@ -111,3 +116,44 @@ def test_power_of_two_cell_state_quantization():
     scale = 4.0 / 2**15
     np.testing.assert_allclose(q / scale, np.round(q / scale), atol=1e-3)
     assert q.max() <= 4.0 and q.min() >= -4.0
+
+
+def _activation_quantizers():
+    """(name, fake quant of x) for every activation quantizer the quantized cells run in a step."""
+    lo, hi = asymmetric_bounds(tf.constant(-0.73), tf.constant(2.9))  # nudged: 0 moves onto the grid
+    return [
+        ("asymmetric", lambda x: fake_quant_asymmetric(x, None, None, 8, bounds=(lo, hi))),
+        ("asymmetric_4bit", lambda x: fake_quant_asymmetric(x, tf.constant(-3.1), tf.constant(0.45), 4)),
+        ("gate_int16", lambda x: fake_quant_fixed_unit(x, 16)),
+        ("tanh", fake_quant_tanh),
+        ("logistic", fake_quant_logistic),
+        ("cell_state", lambda x: fake_quant_power_of_two(x, tf.constant(2.2), 16, clip=3.0)),
+    ]
+
+
+@pytest.mark.parametrize("name,quantize", _activation_quantizers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_activation_fake_quant_under_xla_has_tensorflows_gradient(name, quantize, monkeypatch):
+    """Under jit_compile the gradient comes from a mask made in the forward pass, not from
+    TensorFlow's gradient op: the values are XLA's fake quant, the gradients exactly TensorFlow's."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(-5, 5, 4000), np.linspace(-4, 4, 8001)]).astype("float32")
+    values = np.concatenate([values, [-1.0, 0.0, 1.0 - 2.0**-8, 1.0 - 2.0**-7, 1.0, 3.0, -3.0]]).astype("float32")
+    x, dy = tf.constant(values), tf.constant(rng.standard_normal(values.shape).astype("float32"))
+
+    def value_and_gradient(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = quantize(v)
+        return y, tape.gradient(y, v, output_gradients=dy)
+
+    compiled = tf.function(value_and_gradient, jit_compile=True)
+    xla_y, xla_grad = compiled(x)
+    op_types = {op.type for op in compiled.get_concrete_function(x).graph.get_operations()}
+    assert not {t for t in op_types if t.startswith("FakeQuant") and t.endswith("Gradient")}, op_types
+    _, eager_grad = value_and_gradient(x)
+    monkeypatch.setattr(quantizers, "_under_xla", lambda: False)  # TensorFlow's ops and gradient ops
+    stock_xla_y, stock_xla_grad = tf.function(value_and_gradient, jit_compile=True)(x)
+    np.testing.assert_array_equal(xla_y.numpy(), stock_xla_y.numpy())
+    np.testing.assert_array_equal(xla_grad.numpy(), eager_grad.numpy())
+    np.testing.assert_array_equal(xla_grad.numpy(), stock_xla_grad.numpy())
+    assert 0 < np.count_nonzero(eager_grad.numpy() == 0) < values.size  # both sides of the range are exercised
