@@ -44,7 +44,7 @@ def _nudged_range(range_min, range_max, quant_min, quant_max):
     return (qmin - zero_point) * scale, (qmax - zero_point) * scale, scale, inv_scale
 
 
-def _under_xla():
+def under_xla():
     """Whether the graph being built is compiled by XLA (a `jit_compile=True` function, or inside one)."""
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
@@ -68,7 +68,7 @@ def _masked_straight_through(quantize, x, pass_lo, pass_top):
 def _fake_quant_args(x, lo, top, num_bits):
     """`fake_quant_with_min_max_args` over [lo, top] (a range already on its grid: 0 a grid point)."""
     quantize = lambda v: tf.quantization.fake_quant_with_min_max_args(v, min=lo, max=top, num_bits=num_bits)  # noqa: E731
-    return _masked_straight_through(quantize, x, lo, top) if _under_xla() else quantize(x)
+    return _masked_straight_through(quantize, x, lo, top) if under_xla() else quantize(x)
 
 
 def fake_quant_per_gate(kernel, num_gates, num_bits):
@@ -163,7 +163,7 @@ def fake_quant_asymmetric(x, range_min, range_max, num_bits, bounds=None):
     """
     lo, hi = bounds if bounds is not None else asymmetric_bounds(range_min, range_max)
     quantize = lambda v: tf.quantization.fake_quant_with_min_max_vars(v, lo, hi, num_bits=num_bits)  # noqa: E731
-    if not _under_xla():
+    if not under_xla():
         return quantize(x)
     pass_lo, pass_top, _, _ = _nudged_range(lo, hi, 0, 2**num_bits - 1)
     return _masked_straight_through(quantize, x, pass_lo, pass_top)
@@ -201,7 +201,7 @@ def fake_quant_power_of_two(x, max_abs, num_bits, bounds=None, clip=0.0):
         clipped = tf.clip_by_value(v, -clip, clip) if clip else v
         return tf.quantization.fake_quant_with_min_max_vars(clipped, lo, top, num_bits=num_bits)
 
-    if _under_xla():
+    if under_xla():
         return _masked_straight_through(quantize, x, pass_lo, pass_top)
 
     @tf.custom_gradient

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import lstm_transforms as lt
+from lstm_transforms import recurrent
 from lstm_transforms._keras import keras, tf
 from lstm_transforms.walk import cells_of
 
@@ -178,6 +179,33 @@ def test_qat_values_match_the_reference(name):
 # values at fake-quant boundaries by one step, and the recurrence carries those steps on.
 XLA_CASES = ("lstm", "lstm_clipped", "gru", "gru_reset_before", "simple_rnn", "stacked", "lstm_masked",
              "bidirectional_masked", "lstm_prepadded")
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru_reset_before", "simple_rnn", "stacked", "stacked_widths"])
+def test_xla_extremes_per_unit_give_the_ranges_of_extremes_per_row(name, monkeypatch):
+    """Under XLA without a mask the loop keeps its statistics' extremes per unit, not per batch row
+    (`recurrent._extremes_per_row`): every value, the learned ranges included, is exactly the same."""
+    monkeypatch.setitem(CASES, "stacked_widths", lambda: L.RNN(  # cells of different widths
+        L.StackedRNNCells([L.LSTMCell(6), L.GRUCell(UNITS), L.SimpleRNNCell(3)]), return_sequences=True))
+    per_unit = compute(name, jit_compile=True, input_range=(-4.0, 4.0))
+    monkeypatch.setattr(recurrent, "_extremes_per_row", lambda mask, row_lengths: True)
+    per_row = compute(name, jit_compile=True, input_range=(-4.0, 4.0))
+    assert sorted(per_unit) == sorted(per_row)
+    assert any(key.startswith("range_") and key.endswith("_min") for key in per_row)
+    for key, value in per_row.items():
+        np.testing.assert_array_equal(per_unit[key], value, err_msg=f"{name}: {key}")
+    moved = [key for key, value in per_row.items() if key.startswith("range_") and value != RANGES[key.split("_", 2)[2]]]
+    assert len(moved) > len(per_row) // 4  # the ranges learned from the statistics, not the preset ones
+
+
+def test_extremes_are_kept_per_unit_only_under_xla_without_a_mask():
+    """The per-unit extremes of the test above are what an unmasked loop under XLA uses."""
+    mask = tf.ones((2, 3), tf.bool)
+    in_xla = tf.function(lambda: [recurrent._extremes_per_row(None, None), recurrent._extremes_per_row(mask, None),
+                                  recurrent._extremes_per_row(None, tf.constant([3, 2]))], jit_compile=True)
+    assert [bool(flag) for flag in in_xla()] == [False, True, True]
+    assert recurrent._extremes_per_row(None, None)
+    assert tf.function(lambda: tf.constant(recurrent._extremes_per_row(None, None)))()
 
 
 @pytest.mark.parametrize("name", XLA_CASES)
