@@ -122,7 +122,8 @@ def main(argv=None):
             m.train_on_batch(x, y)
 
     xla = "without XLA" if args.no_jit else "QAT models under XLA, float without"
-    print(f"{args.kind}({args.units}), T={args.timesteps}, batch {BATCH}, {xla}; median of {args.steps} interleaved steps")
+    print(f"{args.kind}({args.units}), T={args.timesteps}, batch {BATCH}, {xla}; "
+          f"median of {args.steps} interleaved steps")
     ratios = {name: [] for name in models if name != "float"}
     for run in range(1, args.runs + 1):
         times = {name: [] for name in models}

@@ -67,7 +67,10 @@ def _masked_straight_through(quantize, x, pass_lo, pass_top):
 
 def _fake_quant_args(x, lo, top, num_bits):
     """`fake_quant_with_min_max_args` over [lo, top] (a range already on its grid: 0 a grid point)."""
-    quantize = lambda v: tf.quantization.fake_quant_with_min_max_args(v, min=lo, max=top, num_bits=num_bits)  # noqa: E731
+
+    def quantize(v):
+        return tf.quantization.fake_quant_with_min_max_args(v, min=lo, max=top, num_bits=num_bits)
+
     return _masked_straight_through(quantize, x, lo, top) if under_xla() else quantize(x)
 
 
@@ -162,7 +165,9 @@ def fake_quant_asymmetric(x, range_min, range_max, num_bits, bounds=None):
     `bounds`: `asymmetric_bounds(range_min, range_max)` computed once outside a loop (optional).
     """
     lo, hi = bounds if bounds is not None else asymmetric_bounds(range_min, range_max)
-    quantize = lambda v: tf.quantization.fake_quant_with_min_max_vars(v, lo, hi, num_bits=num_bits)  # noqa: E731
+    def quantize(v):
+        return tf.quantization.fake_quant_with_min_max_vars(v, lo, hi, num_bits=num_bits)
+
     if not under_xla():
         return quantize(x)
     pass_lo, pass_top, _, _ = _nudged_range(lo, hi, 0, 2**num_bits - 1)

@@ -194,7 +194,8 @@ def test_xla_extremes_per_unit_give_the_ranges_of_extremes_per_row(name, monkeyp
     assert any(key.startswith("range_") and key.endswith("_min") for key in per_row)
     for key, value in per_row.items():
         np.testing.assert_array_equal(per_unit[key], value, err_msg=f"{name}: {key}")
-    moved = [key for key, value in per_row.items() if key.startswith("range_") and value != RANGES[key.split("_", 2)[2]]]
+    moved = [key for key, value in per_row.items()
+             if key.startswith("range_") and value != RANGES[key.split("_", 2)[2]]]
     assert len(moved) > len(per_row) // 4  # the ranges learned from the statistics, not the preset ones
 
 
