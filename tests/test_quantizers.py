@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+import lstm_transforms as lt
 from lstm_transforms import quantizers
-from lstm_transforms._keras import tf
+from lstm_transforms._keras import keras, tf
 from lstm_transforms.quantizers import (
     PerGateWeightQuantizer,
     asymmetric_bounds,
@@ -157,3 +158,30 @@ def test_activation_fake_quant_under_xla_has_tensorflows_gradient(name, quantize
     np.testing.assert_array_equal(xla_grad.numpy(), eager_grad.numpy())
     np.testing.assert_array_equal(xla_grad.numpy(), stock_xla_grad.numpy())
     assert 0 < np.count_nonzero(eager_grad.numpy() == 0) < values.size  # both sides of the range are exercised
+
+
+def _op_types(concrete):
+    """Op types of a concrete function's graph and of every function it calls (loop bodies)."""
+    graph_def = concrete.graph.as_graph_def()
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_recurrent_loop_uses_the_masked_gradient_only_under_xla(jit_compile):
+    """Inside the loop of a quantized GRU (a while body) the fake quants see that XLA compiles them."""
+    inputs = keras.Input((5, 3))
+    qat = lt.quantize_model(keras.Model(inputs, keras.layers.GRU(4)(inputs)))
+    x = tf.constant(np.random.default_rng(0).standard_normal((2, 5, 3)).astype("float32"))
+
+    def gradients(v):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(qat(v, training=True))
+        return tape.gradient(loss, qat.trainable_weights)
+
+    types = _op_types(tf.function(gradients, jit_compile=jit_compile).get_concrete_function(x))
+    assert "FakeQuantWithMinMaxVars" in types and {"While", "StatelessWhile"} & types
+    gradient_ops = {t for t in types if t.startswith("FakeQuant") and t.endswith("Gradient")}
+    assert bool(gradient_ops) is not jit_compile, gradient_ops
