@@ -128,10 +128,9 @@ class _QuantizedLoopMixin:
         # extremes states (minima, maxima).
         layout = [(cell, key) for cell in cells for key in cell.STATISTICS] if collect else []
         per_row = _extremes_per_row(mask, row_lengths)
+        widths = [cell.units for cell, _ in layout]  # per unit: the columns of each statistic
         if layout:
-            shape = [tf.shape(tf.nest.flatten(initial_state)[0])[0], len(layout)]
-            if not per_row:
-                shape = [1, sum(cell.units for cell, _ in layout)]
+            shape = [tf.shape(tf.nest.flatten(initial_state)[0])[0], len(layout)] if per_row else [1, sum(widths)]
             initial_state = list(initial_state) + [tf.fill(shape, float("inf")), tf.fill(shape, -float("inf"))]
 
         def step(step_inputs, states):
@@ -185,7 +184,6 @@ class _QuantizedLoopMixin:
                     highest = tf.where(zeros[:, None], tf.maximum(highest, 0.0), highest)
                 lowest, highest = tf.reduce_min(lowest, axis=0), tf.reduce_max(highest, axis=0)
             else:
-                widths = [cell.units for cell, _ in layout]
                 lowest = tf.stack([tf.reduce_min(block) for block in tf.split(lowest[0], widths)])
                 highest = tf.stack([tf.reduce_max(block) for block in tf.split(highest[0], widths)])
             self._queue_statistics(layout, lowest, highest, training)
