@@ -119,6 +119,19 @@ def test_power_of_two_cell_state_quantization():
     assert q.max() <= 4.0 and q.min() >= -4.0
 
 
+def _op_types(concrete):
+    """Op types of a concrete function's graph and of every function it calls (loop bodies)."""
+    graph_def = concrete.graph.as_graph_def()
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+def _fake_quant_gradient_ops(op_types):
+    return {t for t in op_types if t.startswith("FakeQuant") and t.endswith("Gradient")}
+
+
 def _activation_quantizers():
     """(name, fake quant of x) for every activation quantizer the quantized cells run in a step."""
     lo, hi = asymmetric_bounds(tf.constant(-0.73), tf.constant(2.9))  # nudged: 0 moves onto the grid
@@ -149,8 +162,7 @@ def test_activation_fake_quant_under_xla_has_tensorflows_gradient(name, quantize
 
     compiled = tf.function(value_and_gradient, jit_compile=True)
     xla_y, xla_grad = compiled(x)
-    op_types = {op.type for op in compiled.get_concrete_function(x).graph.get_operations()}
-    assert not {t for t in op_types if t.startswith("FakeQuant") and t.endswith("Gradient")}, op_types
+    assert not _fake_quant_gradient_ops(_op_types(compiled.get_concrete_function(x)))
     _, eager_grad = value_and_gradient(x)
     monkeypatch.setattr(quantizers, "under_xla", lambda: False)  # TensorFlow's ops and gradient ops
     stock_xla_y, stock_xla_grad = tf.function(value_and_gradient, jit_compile=True)(x)
@@ -158,15 +170,6 @@ def test_activation_fake_quant_under_xla_has_tensorflows_gradient(name, quantize
     np.testing.assert_array_equal(xla_grad.numpy(), eager_grad.numpy())
     np.testing.assert_array_equal(xla_grad.numpy(), stock_xla_grad.numpy())
     assert 0 < np.count_nonzero(eager_grad.numpy() == 0) < values.size  # both sides of the range are exercised
-
-
-def _op_types(concrete):
-    """Op types of a concrete function's graph and of every function it calls (loop bodies)."""
-    graph_def = concrete.graph.as_graph_def()
-    types = {node.op for node in graph_def.node}
-    for function in graph_def.library.function:
-        types |= {node.op for node in function.node_def}
-    return types
 
 
 @pytest.mark.parametrize("jit_compile", [True, False])
@@ -183,5 +186,5 @@ def test_recurrent_loop_uses_the_masked_gradient_only_under_xla(jit_compile):
 
     types = _op_types(tf.function(gradients, jit_compile=jit_compile).get_concrete_function(x))
     assert "FakeQuantWithMinMaxVars" in types and {"While", "StatelessWhile"} & types
-    gradient_ops = {t for t in types if t.startswith("FakeQuant") and t.endswith("Gradient")}
+    gradient_ops = _fake_quant_gradient_ops(types)
     assert bool(gradient_ops) is not jit_compile, gradient_ops
